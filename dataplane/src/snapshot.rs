@@ -1,0 +1,476 @@
+//! The immutable view of the cluster a worker forwards with.
+//!
+//! The control side describes Services, endpoints and nodes with the `*Spec` types and
+//! a [`SnapshotBuilder`] turns them into lookup structures (frontend map, Maglev
+//! tables, pod-CIDR routes, VTEP set). A snapshot is never mutated: a change is a new
+//! snapshot, published whole. Kubernetes semantics that decide *which* endpoints may
+//! serve (ready, serving, terminating; traffic policies) live here, once, so every
+//! source of objects gets them identically.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use rustc_hash::FxHashMap;
+
+use crate::flow::{Nanos, Proto};
+use crate::maglev::{MaglevBackend, MaglevTable};
+
+/// An IPv4 prefix, e.g. a node's pod CIDR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Net {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Net {
+    /// Host bits are cleared, so `198.18.1.7/24` is `198.18.1.0/24`.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Ipv4Net> {
+        (prefix <= 32).then(|| Ipv4Net {
+            addr: Ipv4Addr::from(u32::from(addr) & mask(prefix)),
+            prefix,
+        })
+    }
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
+    }
+}
+
+impl std::str::FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        Ipv4Net::new(addr, prefix).ok_or_else(|| format!("prefix length {prefix} is over 32"))
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+/// A MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in out.iter_mut() {
+            let p = parts.next().ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{s:?} is not a MAC address"));
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// A VXLAN network identifier: 24 bits, checked at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Vni(u32);
+
+impl Vni {
+    pub fn new(v: u32) -> Option<Vni> {
+        (v < 1 << 24).then_some(Vni(v))
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// This node: what kxdp terminates and where it sends from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    pub name: String,
+    /// Pod CIDRs assigned to this node (`spec.podCIDRs`).
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// Underlay address: outer source of encapsulated frames, destination of decap.
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    pub vni: Vni,
+    /// Addresses NodePorts answer on (InternalIP, ExternalIP, VTEP address).
+    pub node_ips: Vec<Ipv4Addr>,
+    /// Source address for masqueraded traffic (external clients with
+    /// externalTrafficPolicy Cluster, hairpin). As flannel does, the first address of
+    /// the node's pod CIDR: other nodes route it back to this node through VXLAN.
+    pub snat_ip: Ipv4Addr,
+}
+
+/// Another node of the cluster reachable through VXLAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub name: String,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    pub vni: Vni,
+}
+
+/// One endpoint of a Service port, as an EndpointSlice describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    pub addr: SocketAddrV4,
+    /// The endpoint's `nodeName` is this node.
+    pub is_local: bool,
+    /// `conditions.ready` (nil counts as true, as the API documents).
+    pub ready: bool,
+    /// `conditions.serving` (nil: same as ready).
+    pub serving: bool,
+    /// `conditions.terminating` (nil counts as false).
+    pub terminating: bool,
+}
+
+/// One port of a Service with the addresses it is reached on and its endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePortSpec {
+    /// `namespace/name:port-name` (port name may be empty), for humans and metrics.
+    pub name: String,
+    pub proto: Proto,
+    pub port: u16,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `sessionAffinity: ClientIP` with its `timeoutSeconds`.
+    pub affinity_timeout: Option<Nanos>,
+    pub internal_policy_local: bool,
+    pub external_policy_local: bool,
+    /// Endpoints with the target port already resolved (named ports included).
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Where a Service address was reached: it decides the traffic policy that applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+impl FrontendKind {
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+}
+
+/// A destination that belongs to a Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub service: ServiceId,
+    pub kind: FrontendKind,
+}
+
+/// Index of a Service port inside one snapshot (not stable across snapshots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceId(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddrV4,
+    pub is_local: bool,
+}
+
+/// A Service port ready for the fast path.
+#[derive(Debug)]
+pub struct ServicePort {
+    pub spec: ServicePortSpec,
+    /// Endpoints allowed to take new flows (kube-proxy's rules: ready ones, else
+    /// serving-terminating ones); Maglev entries index this list.
+    pub backends: Vec<Backend>,
+    /// Maglev over `backends` (policy Cluster).
+    pub cluster: MaglevTable,
+    /// Maglev over the local subset of `backends` with the same fallback rule
+    /// (policy Local); entries index `local_backends`.
+    pub local: MaglevTable,
+    pub local_backends: Vec<Backend>,
+}
+
+impl ServicePort {
+    /// The table and backend list for traffic reached through `kind`.
+    pub fn selection(&self, kind: FrontendKind) -> (&MaglevTable, &[Backend]) {
+        let local = if kind.is_external() {
+            self.spec.external_policy_local
+        } else {
+            self.spec.internal_policy_local
+        };
+        if local {
+            (&self.local, &self.local_backends)
+        } else {
+            (&self.cluster, &self.backends)
+        }
+    }
+
+    /// Does this endpoint still serve the Service? An established flow keeps its
+    /// backend across snapshots exactly as long as this holds.
+    pub fn serves(&self, addr: SocketAddrV4) -> bool {
+        self.spec
+            .endpoints
+            .iter()
+            .any(|e| e.addr == addr && (e.ready || e.serving))
+    }
+
+    pub fn backend(&self, kind: FrontendKind, idx: u16) -> Option<&Backend> {
+        self.selection(kind).1.get(idx as usize)
+    }
+}
+
+/// Selects the endpoints that may take new flows, as kube-proxy does: ready
+/// endpoints; when none is ready, those that are serving while terminating.
+fn eligible<'a>(eps: impl Iterator<Item = &'a EndpointSpec> + Clone) -> Vec<Backend> {
+    let to_backend = |e: &EndpointSpec| Backend {
+        addr: e.addr,
+        is_local: e.is_local,
+    };
+    let ready: Vec<Backend> = eps
+        .clone()
+        .filter(|e| e.ready && !e.terminating)
+        .map(to_backend)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    eps.filter(|e| e.serving && e.terminating)
+        .map(to_backend)
+        .collect()
+}
+
+fn maglev_for(backends: &[Backend], max_m: u32) -> MaglevTable {
+    let ids: Vec<MaglevBackend> = backends
+        .iter()
+        .map(|b| MaglevBackend {
+            id: (u32::from(*b.addr.ip()) as u64) << 16 | b.addr.port() as u64,
+            weight: 1,
+        })
+        .collect();
+    MaglevTable::build(&ids, MaglevTable::table_size_for(ids.len(), max_m))
+}
+
+/// What a destination address means to this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Inside one of this node's pod CIDRs.
+    LocalPod,
+    /// Inside a remote node's pod CIDR: encapsulate to its VTEP.
+    Remote(&'a RemoteNode),
+    /// Anything else (the underlay, the outside world).
+    Outside,
+}
+
+/// The immutable forwarding state published to workers.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub node: LocalNode,
+    services: Vec<ServicePort>,
+    frontends: FxHashMap<ServiceKey, Frontend>,
+    remotes: Vec<RemoteNode>,
+    /// Pod-CIDR routes, one exact-match map per prefix length, longest first.
+    routes: Vec<(u8, FxHashMap<u32, u32>)>,
+    vteps: FxHashMap<Ipv4Addr, u32>,
+}
+
+impl Snapshot {
+    pub fn frontend(&self, key: &ServiceKey) -> Option<Frontend> {
+        self.frontends.get(key).copied()
+    }
+    pub fn service(&self, id: ServiceId) -> &ServicePort {
+        &self.services[id.0 as usize]
+    }
+    pub fn services(&self) -> &[ServicePort] {
+        &self.services
+    }
+    pub fn remotes(&self) -> &[RemoteNode] {
+        &self.remotes
+    }
+    pub fn frontends(&self) -> impl Iterator<Item = (&ServiceKey, &Frontend)> {
+        self.frontends.iter()
+    }
+
+    pub fn route(&self, dst: Ipv4Addr) -> Route<'_> {
+        if self.node.pod_cidrs.iter().any(|c| c.contains(dst)) {
+            return Route::LocalPod;
+        }
+        let ip = u32::from(dst);
+        for (prefix, map) in &self.routes {
+            if let Some(&i) = map.get(&(ip & mask(*prefix))) {
+                return Route::Remote(&self.remotes[i as usize]);
+            }
+        }
+        Route::Outside
+    }
+
+    /// The remote node owning this VTEP address, if it is one we accept VXLAN from.
+    pub fn vtep(&self, ip: Ipv4Addr) -> Option<&RemoteNode> {
+        self.vteps.get(&ip).map(|&i| &self.remotes[i as usize])
+    }
+
+    /// Rough bytes held by the lookup tables (for docs and tests of the memory budget).
+    pub fn approx_bytes(&self) -> usize {
+        let svc: usize = self
+            .services
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<ServicePort>()
+                    + s.cluster.bytes()
+                    + s.local.bytes()
+                    + (s.backends.len() + s.local_backends.len()) * std::mem::size_of::<Backend>()
+                    + s.spec.endpoints.len() * std::mem::size_of::<EndpointSpec>()
+                    + s.spec.name.len()
+            })
+            .sum();
+        svc + self.frontends.len() * (std::mem::size_of::<(ServiceKey, Frontend)>() + 8)
+    }
+}
+
+/// Errors in a Service port that make the builder refuse it (the rest still applies).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("{key:?} is already claimed by {owner}")]
+    FrontendTaken { key: ServiceKey, owner: String },
+}
+
+/// Builds a [`Snapshot`] off the fast path.
+pub struct SnapshotBuilder {
+    generation: u64,
+    node: LocalNode,
+    max_table_size: u32,
+    services: Vec<ServicePort>,
+    frontends: FxHashMap<ServiceKey, Frontend>,
+    remotes: Vec<RemoteNode>,
+}
+
+impl SnapshotBuilder {
+    /// `max_table_size` is the Maglev table size M (`--maglev-table-size`), a prime.
+    pub fn new(generation: u64, node: LocalNode, max_table_size: u32) -> SnapshotBuilder {
+        SnapshotBuilder {
+            generation,
+            node,
+            max_table_size,
+            services: Vec::new(),
+            frontends: FxHashMap::default(),
+            remotes: Vec::new(),
+        }
+    }
+
+    pub fn add_remote_node(&mut self, node: RemoteNode) {
+        self.remotes.push(node);
+    }
+
+    /// Adds a Service port with all its frontends. A frontend (ip, port, proto) that
+    /// another Service port already claims is an error and nothing of this port is
+    /// added.
+    pub fn add_service_port(&mut self, spec: ServicePortSpec) -> Result<ServiceId, SpecError> {
+        let id = ServiceId(self.services.len() as u32);
+        let mut keys: Vec<(ServiceKey, FrontendKind)> = Vec::new();
+        let key = |ip, port| ServiceKey {
+            ip,
+            port,
+            proto: spec.proto,
+        };
+        for &ip in &spec.cluster_ips {
+            keys.push((key(ip, spec.port), FrontendKind::ClusterIp));
+        }
+        if let Some(np) = spec.node_port {
+            for &ip in &self.node.node_ips {
+                keys.push((key(ip, np), FrontendKind::NodePort));
+            }
+        }
+        for &ip in &spec.load_balancer_ips {
+            keys.push((key(ip, spec.port), FrontendKind::LoadBalancer));
+        }
+        for &ip in &spec.external_ips {
+            keys.push((key(ip, spec.port), FrontendKind::ExternalIp));
+        }
+        for (k, _) in &keys {
+            if let Some(f) = self.frontends.get(k) {
+                return Err(SpecError::FrontendTaken {
+                    key: *k,
+                    owner: self.services[f.service.0 as usize].spec.name.clone(),
+                });
+            }
+        }
+        for (k, kind) in keys {
+            self.frontends.insert(k, Frontend { service: id, kind });
+        }
+        let backends = eligible(spec.endpoints.iter());
+        let local_backends = eligible(spec.endpoints.iter().filter(|e| e.is_local));
+        let cluster = maglev_for(&backends, self.max_table_size);
+        let local = maglev_for(&local_backends, self.max_table_size);
+        self.services.push(ServicePort {
+            spec,
+            backends,
+            cluster,
+            local,
+            local_backends,
+        });
+        Ok(id)
+    }
+
+    pub fn build(self) -> Snapshot {
+        let mut by_prefix: Vec<(u8, FxHashMap<u32, u32>)> = Vec::new();
+        let mut vteps = FxHashMap::default();
+        for (i, n) in self.remotes.iter().enumerate() {
+            vteps.insert(n.vtep_ip, i as u32);
+            for c in &n.pod_cidrs {
+                let slot = match by_prefix.iter().position(|(p, _)| *p == c.prefix()) {
+                    Some(s) => s,
+                    None => {
+                        by_prefix.push((c.prefix(), FxHashMap::default()));
+                        by_prefix.len() - 1
+                    }
+                };
+                by_prefix[slot].1.insert(u32::from(c.addr()), i as u32);
+            }
+        }
+        by_prefix.sort_by(|a, b| b.0.cmp(&a.0));
+        Snapshot {
+            generation: self.generation,
+            node: self.node,
+            services: self.services,
+            frontends: self.frontends,
+            remotes: self.remotes,
+            routes: by_prefix,
+            vteps,
+        }
+    }
+}
