@@ -1,1 +1,5 @@
-//! kxdp control side.
+//! kxdp's control side: Kubernetes objects to dataplane snapshots, the object
+//! sources, and the pieces of the `kxdp` binary. It knows nothing about packet bytes.
+
+pub mod objects;
+pub mod translate;
