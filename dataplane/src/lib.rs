@@ -2,7 +2,18 @@
 //! sans-IO pipeline that ties them together. It knows nothing about Kubernetes.
 
 pub mod affinity;
+pub mod checksum;
 pub mod conntrack;
 pub mod flow;
+pub mod frame;
+pub mod icmp;
 pub mod maglev;
+pub mod nat;
+pub mod neighbour;
+pub mod packet;
+pub mod pipeline;
+pub mod ports;
 pub mod snapshot;
+pub mod verdict;
+pub mod vxlan;
+pub mod wire;

@@ -46,8 +46,12 @@ impl std::str::FromStr for Ipv4Net {
         let (a, p) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?;
         Ipv4Net::new(addr, prefix).ok_or_else(|| format!("prefix length {prefix} is over 32"))
     }
 }
@@ -76,7 +80,9 @@ impl std::str::FromStr for Mac {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for b in out.iter_mut() {
-            let p = parts.next().ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
             *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
         }
         if parts.next().is_some() {
@@ -214,6 +220,8 @@ pub struct Backend {
 #[derive(Debug)]
 pub struct ServicePort {
     pub spec: ServicePortSpec,
+    /// A stable id of the Service port (hash of its name): the session-affinity key.
+    pub id_hash: u64,
     /// Endpoints allowed to take new flows (kube-proxy's rules: ready ones, else
     /// serving-terminating ones); Maglev entries index this list.
     pub backends: Vec<Backend>,
@@ -436,7 +444,9 @@ impl SnapshotBuilder {
         let local_backends = eligible(spec.endpoints.iter().filter(|e| e.is_local));
         let cluster = maglev_for(&backends, self.max_table_size);
         let local = maglev_for(&local_backends, self.max_table_size);
+        let id_hash = twox_hash::XxHash64::oneshot(0, spec.name.as_bytes());
         self.services.push(ServicePort {
+            id_hash,
             spec,
             backends,
             cluster,

@@ -1,0 +1,676 @@
+//! The sans-IO packet pipeline: frames, a snapshot and `now` in; verdicts out.
+//!
+//! ```text
+//! parse ─► uplink: VXLAN to our VTEP? ─► decap ─┐
+//!          uplink: Service frontend? ───────────┤
+//!          pod: anything ───────────────────────┤
+//!                                               ▼
+//!   frontend? ─► conntrack hit ─► translate ─┐      (else: affinity ─► Maglev ─►
+//!              └ miss ─► pick backend, insert flow, DNAT (+SNAT) ─┤  reject / drop)
+//!   reply of a tracked flow? ─► reverse NAT ─────────────────────┤
+//!   ICMP error quoting a tracked flow? ─► translate inside and out ┤
+//!                                                                  ▼
+//!   route: local pod ─► L2 rewrite ─► Tx(pod port)
+//!          remote pod CIDR ─► MTU check (frag-needed) ─► VXLAN encap ─► Tx(uplink)
+//!          outside ─► back where the flow came from, or Pass to the kernel
+//! ```
+//!
+//! The pipeline owns this worker's flow state (conntrack, session affinity, neighbours)
+//! and counters; it never touches a socket or a clock. Nothing here allocates after
+//! [`Pipeline::new`].
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::affinity::AffinityTable;
+use crate::conntrack::{Dir, FlowId, FlowState, FlowTable, InsertError, TcpFlags, Timeouts};
+use crate::flow::{mix64, FiveTuple, Nanos};
+use crate::frame::Frame;
+use crate::icmp::{self, Quote};
+use crate::nat::{self, L4Csum};
+use crate::neighbour::{Neighbour, NeighbourTable};
+use crate::packet::{self, Headers, ETH_LEN, L4, L4_AT};
+use crate::ports::{PortRole, Ports};
+use crate::snapshot::{Frontend, Mac, Route, ServiceKey, Snapshot};
+use crate::verdict::{Counters, DropReason, PortId, Verdict};
+use crate::vxlan::{self, Encap};
+
+/// Tunables of one pipeline (one worker). Defaults are the CLI's defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub ports: Ports,
+    /// UDP port of VXLAN (flannel and Linux use 8472, IANA 4789).
+    pub vxlan_port: u16,
+    pub conntrack_size: usize,
+    pub timeouts: Timeouts,
+    pub affinity_size: usize,
+    pub neighbour_size: usize,
+}
+
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+pub const DEFAULT_CONNTRACK_SIZE: usize = 262_144;
+pub const DEFAULT_AFFINITY_SIZE: usize = 65_536;
+pub const DEFAULT_NEIGHBOUR_SIZE: usize = 4_096;
+
+impl Config {
+    pub fn new(ports: Ports) -> Config {
+        Config {
+            ports,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            conntrack_size: DEFAULT_CONNTRACK_SIZE,
+            timeouts: Timeouts::default(),
+            affinity_size: DEFAULT_AFFINITY_SIZE,
+            neighbour_size: DEFAULT_NEIGHBOUR_SIZE,
+        }
+    }
+}
+
+/// What the pipeline keeps per flow beside the conntrack tuples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowData {
+    /// Snapshot generation the backend was last checked against.
+    pub generation: u64,
+    /// Where the first packet came from: replies to a client outside every pod CIDR
+    /// (a NodePort client on the underlay) go back to that port and MAC.
+    pub origin: Neighbour,
+}
+
+/// How many source ports to try before giving up on masquerading a new flow.
+const SNAT_TRIES: u64 = 16;
+/// Lowest source port handed out when the client's own port is taken.
+const SNAT_PORT_MIN: u16 = 1024;
+
+/// Facts about how a frame arrived that later steps need.
+#[derive(Clone, Copy)]
+struct Ingress {
+    /// How to keep L4 checksums right (pods may send partial ones).
+    l4: L4Csum,
+    /// Decapsulated from VXLAN: never encapsulate it again.
+    overlay: bool,
+    /// The port and MAC the frame came from.
+    origin: Neighbour,
+    /// The packet as it arrived, kept when it might not fit the underlay, so a
+    /// fragmentation-needed error can quote what the sender sent (before NAT).
+    quote: Option<Quote>,
+}
+
+/// Whether a frame is being forwarded or was built here (no TTL, checksums complete).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Forwarded,
+    Originated,
+}
+
+pub struct Pipeline {
+    cfg: Config,
+    flows: FlowTable<FlowData>,
+    affinity: AffinityTable,
+    neighbours: NeighbourTable,
+    counters: Counters,
+    ip_ident: u16,
+}
+
+impl Pipeline {
+    pub fn new(cfg: Config) -> Pipeline {
+        Pipeline {
+            flows: FlowTable::new(cfg.conntrack_size, cfg.timeouts),
+            affinity: AffinityTable::new(cfg.affinity_size),
+            neighbours: NeighbourTable::new(cfg.neighbour_size),
+            counters: Counters::default(),
+            ip_ident: 0,
+            cfg,
+        }
+    }
+
+    /// Runs a batch: `verdicts[i]` is the fate of `frames[i]`, whose start and length
+    /// may have moved (encapsulation, decapsulation, replies built in place).
+    pub fn process(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        frames: &mut [Frame],
+        verdicts: &mut [Verdict],
+    ) {
+        for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.handle(snap, now, f);
+            self.counters.rx += 1;
+            self.counters.count(*v);
+        }
+    }
+
+    /// Expires up to `budget` idle flows; workers call it between batches.
+    pub fn housekeeping(&mut self, now: Nanos, budget: usize) -> usize {
+        self.flows.expire(now, budget)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn flows(&self) -> &FlowTable<FlowData> {
+        &self.flows
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Static neighbours (configuration) and inspection.
+    pub fn neighbours_mut(&mut self) -> &mut NeighbourTable {
+        &mut self.neighbours
+    }
+
+    /// One frame through the pipeline.
+    pub fn handle(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame) -> Verdict {
+        let Some(port) = self.cfg.ports.get(f.ingress) else {
+            return Verdict::Pass;
+        };
+        let role = port.role;
+        let h = match packet::parse(f.data()) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Verdict::Pass,
+            Err(r) => return Verdict::Drop(r),
+        };
+        f.set_len(ETH_LEN + h.ip_len); // cut Ethernet padding
+        let mut ing = Ingress {
+            l4: L4Csum::Incremental,
+            overlay: false,
+            origin: Neighbour {
+                port: f.ingress,
+                mac: src_mac(f.data()),
+            },
+            quote: self.quote_if_big(f.data(), &h),
+        };
+        match role {
+            PortRole::Uplink => {
+                if let L4::Udp { dport, .. } = h.l4 {
+                    if dport == self.cfg.vxlan_port && h.dst == snap.node.vtep_ip {
+                        return self.decap(snap, now, f, &h);
+                    }
+                }
+                // From the underlay kxdp only serves Service frontends; the rest
+                // (the host's own traffic) is the kernel's.
+                match h.tuple() {
+                    Some(t) => match snap.frontend(&service_key(&t)) {
+                        Some(fe) => self.to_service(snap, now, f, &h, t, fe, ing),
+                        None => Verdict::Pass,
+                    },
+                    None => Verdict::Pass,
+                }
+            }
+            PortRole::Pod => {
+                ing.l4 = L4Csum::Later;
+                if snap.route(h.src) == Route::LocalPod {
+                    self.neighbours.learn(h.src, ing.origin, now);
+                }
+                self.forward(snap, now, f, &h, ing)
+            }
+        }
+    }
+
+    fn quote_if_big(&self, frame: &[u8], h: &Headers) -> Option<Quote> {
+        let mtu = self.uplink_mtu()?;
+        (h.ip_len + vxlan::OVERHEAD > mtu as usize && h.ip_len >= icmp::QUOTE_LEN)
+            .then(|| Quote::of(&frame[ETH_LEN..]))
+    }
+
+    fn uplink_mtu(&self) -> Option<u16> {
+        self.cfg.ports.get(self.cfg.ports.uplink()?).map(|p| p.mtu)
+    }
+
+    fn decap(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame, outer: &Headers) -> Verdict {
+        let inner_len = match vxlan::inner_len(f.data(), outer, snap.node.vni.get()) {
+            Ok(n) => n,
+            Err(r) => return Verdict::Drop(r),
+        };
+        if snap.vtep(outer.src).is_none() {
+            return Verdict::Drop(DropReason::VxlanUnknownSource);
+        }
+        let origin = Neighbour {
+            port: f.ingress,
+            mac: src_mac(f.data()),
+        };
+        // The VTEP's underlay MAC is where encapsulated replies go.
+        self.neighbours.learn(outer.src, origin, now);
+        f.pull_front(vxlan::OVERHEAD);
+        f.set_len(inner_len);
+        self.counters.decapsulated += 1;
+        let h = match packet::parse(f.data()) {
+            Ok(Some(h)) => h,
+            // Flannel's VXLAN carries IPv4 only (its ARP entries are static).
+            Ok(None) => return Verdict::Drop(DropReason::BadIpHeader),
+            Err(r) => return Verdict::Drop(r),
+        };
+        f.set_len(ETH_LEN + h.ip_len);
+        let ing = Ingress {
+            l4: L4Csum::Incremental,
+            overlay: true,
+            origin,
+            quote: None,
+        };
+        self.forward(snap, now, f, &h, ing)
+    }
+
+    /// Service frontends, then replies of tracked flows, then plain routing.
+    fn forward(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        h: &Headers,
+        ing: Ingress,
+    ) -> Verdict {
+        if let Some(t) = h.tuple() {
+            if let Some(fe) = snap.frontend(&service_key(&t)) {
+                return self.to_service(snap, now, f, h, t, fe, ing);
+            }
+            if let Some((id, dir)) = self.tracked(snap, now, &t) {
+                return self.translate(snap, now, f, h, t, id, dir, ing);
+            }
+        } else if let L4::Icmp { ty, .. } = h.l4 {
+            if icmp::is_error(ty) {
+                if let Some(v) = self.icmp_error(snap, now, f, h, ing) {
+                    return v;
+                }
+            }
+        }
+        self.route(snap, f, h, h.dst, ing, None, Hop::Forwarded)
+    }
+
+    /// Conntrack lookup that also re-checks, once per snapshot generation, that the
+    /// flow's backend still serves its Service; a flow whose backend is gone is
+    /// forgotten (its next packet picks a new backend).
+    fn tracked(&mut self, snap: &Snapshot, now: Nanos, t: &FiveTuple) -> Option<(FlowId, Dir)> {
+        let (id, dir) = self.flows.lookup(t, now)?;
+        let flow = self.flows.get(id);
+        if flow.data.generation != snap.generation {
+            let (orig, reply) = (*flow.orig(), *flow.reply());
+            let backend = SocketAddrV4::new(reply.src, reply.sport);
+            let serves = snap
+                .frontend(&service_key(&orig))
+                .is_some_and(|fe| snap.service(fe.service).serves(backend));
+            if !serves {
+                self.flows.remove(id);
+                return None;
+            }
+            self.flows.get_mut(id).data.generation = snap.generation;
+        }
+        Some((id, dir))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn to_service(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        h: &Headers,
+        t: FiveTuple,
+        fe: Frontend,
+        ing: Ingress,
+    ) -> Verdict {
+        let tcp = tcp_flags(h);
+        if let Some((id, dir)) = self.tracked(snap, now, &t) {
+            // A fresh SYN on the tuple of a closed flow is a new connection (port reuse).
+            let reuse = dir == Dir::Original
+                && tcp.is_some_and(|fl| fl.syn && !fl.ack)
+                && self.flows.get(id).state() == FlowState::TcpClosed;
+            if !reuse {
+                return self.translate(snap, now, f, h, t, id, dir, ing);
+            }
+            self.flows.remove(id);
+        }
+        let svc = snap.service(fe.service);
+        let (table, backends) = svc.selection(fe.kind);
+        if backends.is_empty() {
+            if svc.backends.is_empty() {
+                // No endpoint at all: refuse, as kube-proxy's REJECT rule does.
+                self.counters.rejected += 1;
+                let quote = Quote::of(&f.data()[ETH_LEN..]);
+                return self.emit_error(snap, f, t.dst, icmp::CODE_PORT_UNREACHABLE, 0, quote, ing);
+            }
+            return Verdict::Drop(DropReason::NoLocalEndpoints);
+        }
+        let pinned = svc.spec.affinity_timeout.and_then(|_| {
+            self.affinity
+                .get(t.src, svc.id_hash, now)
+                .filter(|a| backends.iter().any(|b| b.addr == *a))
+        });
+        let backend = match pinned {
+            Some(a) => a,
+            None => match table
+                .lookup(t.hash())
+                .and_then(|i| backends.get(i as usize))
+            {
+                Some(b) => b.addr,
+                None => return Verdict::Drop(DropReason::NoLocalEndpoints),
+            },
+        };
+        // Masquerade when replies would otherwise not come back through this node:
+        // external clients under externalTrafficPolicy Cluster, and hairpin (a pod
+        // reaching itself through its Service), as kube-proxy's KUBE-MARK-MASQ does.
+        let hairpin = *backend.ip() == t.src;
+        let external_cluster = fe.kind.is_external()
+            && !svc.spec.external_policy_local
+            && snap.route(t.src) != Route::LocalPod;
+        let (reply_dst, reply_dport) = if hairpin || external_cluster {
+            match self.snat_port(snap, now, backend, &t) {
+                Some(p) => (snap.node.snat_ip, p),
+                None => return Verdict::Drop(DropReason::SnatPortsExhausted),
+            }
+        } else {
+            (t.src, t.sport)
+        };
+        let reply = FiveTuple {
+            src: *backend.ip(),
+            dst: reply_dst,
+            sport: backend.port(),
+            dport: reply_dport,
+            proto: t.proto,
+        };
+        let data = FlowData {
+            generation: snap.generation,
+            origin: ing.origin,
+        };
+        match self.flows.insert(t, reply, tcp, data, now) {
+            Ok(_) => self.counters.new_flows += 1,
+            Err(InsertError::Full) => return Verdict::Drop(DropReason::ConntrackFull),
+            Err(InsertError::Exists) => return Verdict::Drop(DropReason::FlowClash),
+        }
+        if let Some(timeout) = svc.spec.affinity_timeout {
+            self.affinity
+                .set(t.src, svc.id_hash, backend, now.saturating_add(timeout));
+        }
+        let to = reply.reversed();
+        nat::rewrite(&mut f.data_mut()[ETH_LEN..], &t, &to, ing.l4);
+        self.route(snap, f, h, to.dst, ing, None, Hop::Forwarded)
+    }
+
+    /// A source port on the node's SNAT address that no live flow uses towards this
+    /// backend: the client's own port if free, else pseudo-random ones.
+    fn snat_port(
+        &self,
+        snap: &Snapshot,
+        now: Nanos,
+        backend: SocketAddrV4,
+        t: &FiveTuple,
+    ) -> Option<u16> {
+        let mut candidate = t.sport;
+        for i in 0..SNAT_TRIES {
+            let r = FiveTuple {
+                src: *backend.ip(),
+                dst: snap.node.snat_ip,
+                sport: backend.port(),
+                dport: candidate,
+                proto: t.proto,
+            };
+            if !self.flows.contains(&r, now) {
+                return Some(candidate);
+            }
+            let span = (u16::MAX - SNAT_PORT_MIN) as u64 + 1;
+            candidate = SNAT_PORT_MIN + (mix64(t.hash() ^ (i + 1)) % span) as u16;
+        }
+        None
+    }
+
+    /// A packet of a tracked flow: rewrite it to the other side's view.
+    #[allow(clippy::too_many_arguments)]
+    fn translate(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        h: &Headers,
+        t: FiveTuple,
+        id: FlowId,
+        dir: Dir,
+        ing: Ingress,
+    ) -> Verdict {
+        self.flows.observe(id, dir, tcp_flags(h), now);
+        let flow = self.flows.get(id);
+        let (to, origin) = match dir {
+            Dir::Original => (flow.reply().reversed(), None),
+            Dir::Reply => (flow.orig().reversed(), Some(flow.data.origin)),
+        };
+        nat::rewrite(&mut f.data_mut()[ETH_LEN..], &t, &to, ing.l4);
+        self.route(snap, f, h, to.dst, ing, origin, Hop::Forwarded)
+    }
+
+    /// An ICMP error quoting a packet of a tracked flow: translate the quoted packet
+    /// and the outer addresses as the flow's packets are translated (RFC 5508 s. 5).
+    fn icmp_error(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        h: &Headers,
+        ing: Ingress,
+    ) -> Option<Verdict> {
+        let end = ETH_LEN + h.ip_len;
+        let quoted = icmp::quoted_tuple(&f.data()[L4_AT..end])?;
+        // The quoted packet went the other way: its reverse is this error's direction.
+        let (id, dir) = self.tracked(snap, now, &quoted.reversed())?;
+        let flow = self.flows.get(id);
+        let (mine, other, origin) = match dir {
+            Dir::Reply => (*flow.reply(), *flow.orig(), Some(flow.data.origin)),
+            Dir::Original => (*flow.orig(), *flow.reply(), None),
+        };
+        let new_dst = other.src;
+        // Only the flow's own endpoint is renamed; a router on the path keeps its address.
+        let new_src = if h.src == mine.src { other.dst } else { h.src };
+        let data = f.data_mut();
+        icmp::translate_quoted(&mut data[L4_AT..end], &mine.reversed(), &other);
+        nat::set_addrs(&mut data[ETH_LEN..], new_src, new_dst);
+        let ing = Ingress {
+            l4: L4Csum::Incremental, // ICMP checksums are computed by the sender's CPU
+            ..ing
+        };
+        Some(self.route(snap, f, h, new_dst, ing, origin, Hop::Forwarded))
+    }
+
+    /// Replaces the frame with an ICMP destination-unreachable error about `quote`,
+    /// sent from `from`, and routes it back to the quoted packet's sender.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_error(
+        &mut self,
+        snap: &Snapshot,
+        f: &mut Frame,
+        from: Ipv4Addr,
+        code: u8,
+        mtu: u16,
+        quote: Quote,
+        ing: Ingress,
+    ) -> Verdict {
+        if f.capacity() < icmp::ERROR_FRAME_LEN {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        f.set_len(icmp::ERROR_FRAME_LEN);
+        let ident = self.next_ident();
+        icmp::build_error(
+            f.data_mut(),
+            from,
+            icmp::DEST_UNREACHABLE,
+            code,
+            mtu,
+            &quote,
+            ident,
+        );
+        let h = match packet::parse(f.data()) {
+            Ok(Some(h)) => h,
+            _ => return Verdict::Drop(DropReason::BadIpHeader), // unreachable: built above
+        };
+        let to = quote.src();
+        self.route(snap, f, &h, to, ing, Some(ing.origin), Hop::Originated)
+    }
+
+    fn next_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
+
+    /// Sends the (translated) packet towards `dst`.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &mut self,
+        snap: &Snapshot,
+        f: &mut Frame,
+        h: &Headers,
+        dst: Ipv4Addr,
+        ing: Ingress,
+        origin: Option<Neighbour>,
+        hop: Hop,
+    ) -> Verdict {
+        match snap.route(dst) {
+            Route::LocalPod => match self.neighbours.get(dst) {
+                Some(n) => self.deliver(f, h, ing, hop, n),
+                None => Verdict::Drop(DropReason::NeighbourUnknown),
+            },
+            Route::Remote(node) => {
+                if ing.overlay && hop == Hop::Forwarded {
+                    return Verdict::Drop(DropReason::OverlayLoop);
+                }
+                let Some(uplink) = self.cfg.ports.uplink() else {
+                    return Verdict::Pass;
+                };
+                let mtu = self.cfg.ports.get(uplink).map_or(1500, |p| p.mtu) as usize;
+                if f.len() - ETH_LEN + vxlan::OVERHEAD > mtu {
+                    return match (h.dont_frag, ing.quote) {
+                        (true, Some(q)) => {
+                            self.counters.frag_needed += 1;
+                            let room = (mtu - vxlan::OVERHEAD) as u16;
+                            self.emit_error(
+                                snap,
+                                f,
+                                snap.node.vtep_ip,
+                                icmp::CODE_FRAG_NEEDED,
+                                room,
+                                q,
+                                ing,
+                            )
+                        }
+                        _ => Verdict::Drop(DropReason::TooBig),
+                    };
+                }
+                let Some(next_hop) = self.neighbours.get(node.vtep_ip) else {
+                    return Verdict::Drop(DropReason::NeighbourUnknown);
+                };
+                if let Some(drop) = self.finish(f, h, ing, hop) {
+                    return drop;
+                }
+                let hash = flow_hash(f.data(), h);
+                let e = Encap {
+                    outer_src_mac: self.port_mac(uplink),
+                    outer_dst_mac: next_hop.mac,
+                    src_ip: snap.node.vtep_ip,
+                    dst_ip: node.vtep_ip,
+                    udp_sport: vxlan::source_port(hash),
+                    udp_dport: self.cfg.vxlan_port,
+                    vni: node.vni.get(),
+                    inner_src_mac: snap.node.vtep_mac,
+                    inner_dst_mac: node.vtep_mac,
+                    ip_ident: self.next_ident(),
+                };
+                if !vxlan::encapsulate(f, &e) {
+                    return Verdict::Drop(DropReason::NoHeadroom);
+                }
+                self.counters.encapsulated += 1;
+                Verdict::Tx { port: uplink }
+            }
+            Route::Outside => match origin {
+                Some(n) => self.deliver(f, h, ing, hop, n),
+                // Not ours to route (the node itself, the internet): the kernel's.
+                None if hop == Hop::Forwarded && dst == h.dst => Verdict::Pass,
+                None => match self.neighbours.get(dst) {
+                    Some(n) => self.deliver(f, h, ing, hop, n),
+                    None => Verdict::Drop(DropReason::NeighbourUnknown),
+                },
+            },
+        }
+    }
+
+    /// Last touches of a forwarded packet: TTL, and full L4 checksums where the
+    /// sender's may be partial.
+    fn finish(&mut self, f: &mut Frame, h: &Headers, ing: Ingress, hop: Hop) -> Option<Verdict> {
+        if hop == Hop::Originated {
+            return None;
+        }
+        let data = f.data_mut();
+        if !nat::decrement_ttl(&mut data[ETH_LEN..]) {
+            return Some(Verdict::Drop(DropReason::TtlExpired));
+        }
+        if ing.l4 == L4Csum::Later {
+            match h.l4 {
+                L4::Tcp { .. } => {
+                    nat::complete_l4_checksum(data, crate::flow::Proto::Tcp, h.l4_len())
+                }
+                L4::Udp { len, .. } => {
+                    nat::complete_l4_checksum(data, crate::flow::Proto::Udp, len as usize)
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn deliver(
+        &mut self,
+        f: &mut Frame,
+        h: &Headers,
+        ing: Ingress,
+        hop: Hop,
+        n: Neighbour,
+    ) -> Verdict {
+        if let Some(drop) = self.finish(f, h, ing, hop) {
+            return drop;
+        }
+        let src = self.port_mac(n.port);
+        let data = f.data_mut();
+        data[0..6].copy_from_slice(&n.mac.0);
+        data[6..12].copy_from_slice(&src.0);
+        Verdict::Tx { port: n.port }
+    }
+
+    fn port_mac(&self, p: PortId) -> Mac {
+        self.cfg.ports.get(p).map(|p| p.mac).unwrap_or_default()
+    }
+}
+
+#[inline]
+fn service_key(t: &FiveTuple) -> ServiceKey {
+    ServiceKey {
+        ip: t.dst,
+        port: t.dport,
+        proto: t.proto,
+    }
+}
+
+#[inline]
+fn src_mac(frame: &[u8]) -> Mac {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&frame[6..12]);
+    Mac(m)
+}
+
+#[inline]
+fn tcp_flags(h: &Headers) -> Option<TcpFlags> {
+    match h.l4 {
+        L4::Tcp { flags, .. } => Some(TcpFlags::from_byte(flags)),
+        _ => None,
+    }
+}
+
+/// The inner flow's hash for the outer UDP source port, read from the final bytes.
+fn flow_hash(frame: &[u8], h: &Headers) -> u64 {
+    let ip = &frame[ETH_LEN..];
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]) as u64;
+    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]) as u64;
+    let ports = match h.l4 {
+        L4::Tcp { .. } | L4::Udp { .. } => u32::from_be_bytes([
+            frame[L4_AT],
+            frame[L4_AT + 1],
+            frame[L4_AT + 2],
+            frame[L4_AT + 3],
+        ]) as u64,
+        _ => 0,
+    };
+    mix64((src << 32 | dst) ^ mix64(ports << 8 | h.proto as u64))
+}

@@ -1,0 +1,131 @@
+//! What the pipeline decides for each frame, and the counters those decisions feed.
+
+/// Index of an interface kxdp serves, in the order of [`crate::ports::Ports`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u16);
+
+/// The fate of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the frame's (possibly moved) bytes on `port`.
+    Tx {
+        port: PortId,
+    },
+    /// Hand the frame, untouched, to the kernel's stack.
+    Pass,
+    Drop(DropReason),
+}
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a frame was dropped: one counter per variant, named for metrics.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// Snake-case name used as the metrics label.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Truncated => "truncated", "A header runs past the end of the frame.";
+    BadIpHeader => "bad_ip_header", "IPv4 version, IHL or total length is inconsistent.";
+    IpOptions => "ip_options", "IPv4 options are not supported on the fast path.";
+    BadIpChecksum => "bad_ip_checksum", "The IPv4 header checksum does not verify.";
+    IpFragment => "ip_fragment", "Fragments carry no ports to translate: not reassembled.";
+    TtlExpired => "ttl_expired", "TTL would reach zero on forwarding.";
+    BadL4Header => "bad_l4_header", "TCP data offset or UDP length is inconsistent.";
+    BadVxlanHeader => "bad_vxlan_header", "VXLAN without the I flag or shorter than its header.";
+    VxlanUnknownSource => "vxlan_unknown_source", "VXLAN from an address that is no known VTEP.";
+    VxlanWrongVni => "vxlan_wrong_vni", "VXLAN with a VNI this node does not serve.";
+    NoLocalEndpoints => "no_local_endpoints", "Traffic policy Local and no endpoint on this node.";
+    ConntrackFull => "conntrack_full", "The flow table is full of established flows.";
+    SnatPortsExhausted => "snat_ports_exhausted", "No free source port to masquerade with.";
+    NeighbourUnknown => "neighbour_unknown", "The next hop's MAC address is not known yet.";
+    NoHeadroom => "no_headroom", "No room in the buffer for the encapsulation headers.";
+    TooBig => "too_big", "Too big for the underlay after encapsulation.";
+    OverlayLoop => "overlay_loop", "Decapsulated traffic that would be encapsulated again.";
+    FlowClash => "flow_clash", "The translated tuple is already another flow's.";
+}
+
+/// Events that are neither a drop nor a plain forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpSent {
+    /// A Service without endpoints rejected a connection (port unreachable).
+    Rejected,
+    /// Fragmentation needed: a DF packet would not fit the underlay after encapsulation.
+    FragNeeded,
+}
+
+/// Per-worker counters; the worker exports them, the pipeline only adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx: u64,
+    pub tx: u64,
+    pub pass: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+    pub rejected: u64,
+    pub frag_needed: u64,
+    pub encapsulated: u64,
+    pub decapsulated: u64,
+    pub new_flows: u64,
+}
+
+impl Counters {
+    #[inline]
+    pub fn count(&mut self, v: Verdict) {
+        match v {
+            Verdict::Tx { .. } => self.tx += 1,
+            Verdict::Pass => self.pass += 1,
+            Verdict::Drop(r) => self.drops[r as usize] += 1,
+        }
+    }
+
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another worker's counters into these.
+    pub fn merge(&mut self, o: &Counters) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.pass += o.pass;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+        self.rejected += o.rejected;
+        self.frag_needed += o.frag_needed;
+        self.encapsulated += o.encapsulated;
+        self.decapsulated += o.decapsulated;
+        self.new_flows += o.new_flows;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reason_names_are_unique_and_index_the_counters() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}
