@@ -191,7 +191,7 @@ impl Pipeline {
                 // (the host's own traffic) is the kernel's.
                 match h.tuple() {
                     Some(t) => match snap.frontend(&service_key(&t)) {
-                        Some(fe) => self.to_service(snap, now, f, &h, t, fe, ing),
+                        Some(fe) => self.via_service(snap, now, f, &h, t, fe, ing),
                         None => Verdict::Pass,
                     },
                     None => Verdict::Pass,
@@ -261,7 +261,7 @@ impl Pipeline {
     ) -> Verdict {
         if let Some(t) = h.tuple() {
             if let Some(fe) = snap.frontend(&service_key(&t)) {
-                return self.to_service(snap, now, f, h, t, fe, ing);
+                return self.via_service(snap, now, f, h, t, fe, ing);
             }
             if let Some((id, dir)) = self.tracked(snap, now, &t) {
                 return self.translate(snap, now, f, h, t, id, dir, ing);
@@ -298,7 +298,7 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn to_service(
+    fn via_service(
         &mut self,
         snap: &Snapshot,
         now: Nanos,

@@ -472,7 +472,7 @@ impl SnapshotBuilder {
                 by_prefix[slot].1.insert(u32::from(c.addr()), i as u32);
             }
         }
-        by_prefix.sort_by(|a, b| b.0.cmp(&a.0));
+        by_prefix.sort_by_key(|(prefix, _)| std::cmp::Reverse(*prefix));
         Snapshot {
             generation: self.generation,
             node: self.node,
