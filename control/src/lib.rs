@@ -1,5 +1,7 @@
 //! kxdp's control side: Kubernetes objects to dataplane snapshots, the object
 //! sources, and the pieces of the `kxdp` binary. It knows nothing about packet bytes.
 
+pub mod cli;
 pub mod objects;
+pub mod replay;
 pub mod translate;

@@ -373,7 +373,7 @@ impl Snapshot {
 /// Errors in a Service port that make the builder refuse it (the rest still applies).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
-    #[error("{key:?} is already claimed by {owner}")]
+    #[error("{} {}:{} is already taken by {owner}", key.proto.name(), key.ip, key.port)]
     FrontendTaken { key: ServiceKey, owner: String },
 }
 
@@ -438,12 +438,26 @@ impl SnapshotBuilder {
             }
         }
         for (k, kind) in keys {
-            self.frontends.insert(k, Frontend { service: id, kind });
+            // A Service port listing one address twice (say an external IP that is
+            // also its LoadBalancer IP) keeps the first kind.
+            self.frontends
+                .entry(k)
+                .or_insert(Frontend { service: id, kind });
         }
+        // Maglev tables depend on backend order: sort so that every source of objects,
+        // in any order, gives every node the same tables.
+        let mut spec = spec;
+        spec.endpoints
+            .sort_by_key(|e| (u32::from(*e.addr.ip()), e.addr.port()));
         let backends = eligible(spec.endpoints.iter());
         let local_backends = eligible(spec.endpoints.iter().filter(|e| e.is_local));
         let cluster = maglev_for(&backends, self.max_table_size);
-        let local = maglev_for(&local_backends, self.max_table_size);
+        // Only a Local traffic policy ever looks at the local table.
+        let local = if spec.internal_policy_local || spec.external_policy_local {
+            maglev_for(&local_backends, self.max_table_size)
+        } else {
+            MaglevTable::empty()
+        };
         let id_hash = twox_hash::XxHash64::oneshot(0, spec.name.as_bytes());
         self.services.push(ServicePort {
             id_hash,

@@ -1,0 +1,181 @@
+//! The command line (clap). Every tunable is a flag with its default in `--help`;
+//! docs/configuration.md mirrors this file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use kxdp_dataplane::conntrack::Timeouts;
+use kxdp_dataplane::flow::Nanos;
+use kxdp_dataplane::maglev;
+use kxdp_dataplane::pipeline::{self, Config};
+use kxdp_dataplane::ports::Ports;
+
+use crate::replay::StaticNeighbour;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kxdp",
+    version,
+    about = "A Kubernetes node dataplane: Service load balancing and VXLAN in user space",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the exact pipeline over a capture (pcap or pcapng in, pcapng out).
+    Replay(ReplayArgs),
+}
+
+/// Where the Kubernetes objects come from and which node this is.
+#[derive(Args, Debug, Clone)]
+pub struct ObjectsArgs {
+    /// Services, EndpointSlices and Nodes as multi-document YAML (what
+    /// `kubectl get svc,endpointslices,nodes -A -o yaml` prints).
+    #[arg(long, value_name = "FILE")]
+    pub objects: PathBuf,
+    /// This node's name: its Node object gives the pod CIDR and VTEP.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: String,
+}
+
+/// Pipeline tunables shared by `run` and `replay`.
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// UDP port of VXLAN (flannel's and Linux's default; IANA's is 4789).
+    #[arg(long, default_value_t = pipeline::DEFAULT_VXLAN_PORT)]
+    pub vxlan_port: u16,
+    /// Maglev lookup table size M, a prime; small Services use smaller tables (see
+    /// docs/design.md).
+    #[arg(long, default_value_t = 65537, value_parser = parse_prime)]
+    pub maglev_table_size: u32,
+    /// Most flows tracked per worker; when full, unreplied flows are evicted first and
+    /// new flows are dropped (counted as conntrack_full) rather than established ones.
+    #[arg(long, default_value_t = pipeline::DEFAULT_CONNTRACK_SIZE)]
+    pub conntrack_size: usize,
+    /// Idle timeout of a TCP flow that has not been answered yet.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_syn: Duration,
+    /// Idle timeout of an established TCP flow (kube-proxy's default).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Duration,
+    /// Idle timeout after one side sent FIN.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_fin: Duration,
+    /// Idle timeout after RST, or FIN from both sides.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close: Duration,
+    /// Idle timeout of a UDP flow that has not been answered.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Duration,
+    /// Idle timeout of a UDP flow that has seen replies.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Duration,
+    /// Most (client, Service) pins kept for sessionAffinity: ClientIP.
+    #[arg(long, default_value_t = pipeline::DEFAULT_AFFINITY_SIZE)]
+    pub affinity_size: usize,
+}
+
+impl PipelineArgs {
+    pub fn config(&self, ports: Ports) -> Config {
+        let n = |d: Duration| Nanos(d.as_nanos() as u64);
+        Config {
+            ports,
+            vxlan_port: self.vxlan_port,
+            conntrack_size: self.conntrack_size.max(1),
+            timeouts: Timeouts {
+                tcp_syn: n(self.conntrack_tcp_timeout_syn),
+                tcp_established: n(self.conntrack_tcp_timeout_established),
+                tcp_fin: n(self.conntrack_tcp_timeout_fin),
+                tcp_close: n(self.conntrack_tcp_timeout_close),
+                udp_unreplied: n(self.conntrack_udp_timeout),
+                udp_replied: n(self.conntrack_udp_timeout_stream),
+            },
+            affinity_size: self.affinity_size.max(1),
+            neighbour_size: pipeline::DEFAULT_NEIGHBOUR_SIZE,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
+    /// Capture to replay: pcap, or pcapng whose interface names are the ingress ports.
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: PathBuf,
+    /// Where to write what kxdp transmits (pcapng, one interface per egress port).
+    #[arg(long = "out", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Ingress interface of every packet of a classic pcap file.
+    #[arg(long, value_name = "IFACE")]
+    pub ingress: Option<String>,
+    /// The interface that is the node's uplink; all others are pod ports.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: String,
+    /// MTU of the uplink: encapsulated packets must fit it.
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u16,
+    /// A static next hop, IP=MAC@IFACE (repeatable). Others are learned from the capture.
+    #[arg(long = "neighbour", value_name = "IP=MAC@IFACE")]
+    pub neighbours: Vec<StaticNeighbour>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+fn parse_prime(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if n < 2 || !maglev::is_prime(n) {
+        return Err(format!(
+            "{n} is not prime; Maglev needs a prime table size (e.g. 251, 16381, 65537)"
+        ));
+    }
+    Ok(n)
+}
+
+/// `90s`, `2m`, `24h`, `500ms`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 2m, 24h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "ms" => return Ok(Duration::from_millis(n)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn maglev_table_size_must_be_prime() {
+        assert_eq!(parse_prime("65537"), Ok(65537));
+        assert!(parse_prime("65536").unwrap_err().contains("not prime"));
+    }
+}
