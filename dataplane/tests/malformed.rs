@@ -11,7 +11,9 @@ use proptest::prelude::*;
 const T0: Nanos = Nanos(1_000_000_000);
 
 fn samples() -> Vec<(kxdp_dataplane::verdict::PortId, Vec<u8>)> {
-    let inner = tcp(REMOTE_POD, 8080, A, 40000, SYN | ACK).macs(VTEP2, VTEP1).bytes();
+    let inner = tcp(REMOTE_POD, 8080, A, 40000, SYN | ACK)
+        .macs(VTEP2, VTEP1)
+        .bytes();
     vec![
         (POD_C, tcp(C, 40000, VIP, 80, SYN).bytes()),
         (POD_A, udp(A, 5000, VIP, 53).bytes()),
@@ -33,7 +35,9 @@ fn every_truncation_is_dropped_or_passed_never_forwarded_broken() {
                 Verdict::Drop(_) => {}
                 // An Ethernet header with no room for IPv4 options is still "not ours".
                 Verdict::Pass => assert!(cut >= 14, "cut {cut}"),
-                Verdict::Tx { .. } => panic!("a frame cut at {cut} of {} was forwarded", frame.len()),
+                Verdict::Tx { .. } => {
+                    panic!("a frame cut at {cut} of {} was forwarded", frame.len())
+                }
             }
             assert_eq!(p.counters().rx, 1);
         }
@@ -78,9 +82,15 @@ fn bad_ihl_is_a_bad_header() {
     let mut f = tcp(C, 40000, VIP, 80, SYN).bytes();
     f[14] = 0x44;
     fix_ip_checksum(&mut f);
-    assert_eq!(verdict_of(&f, POD_C), Verdict::Drop(DropReason::BadIpHeader));
+    assert_eq!(
+        verdict_of(&f, POD_C),
+        Verdict::Drop(DropReason::BadIpHeader)
+    );
     f[14] = 0x65; // IPv6 version in an IPv4 ethertype
-    assert_eq!(verdict_of(&f, POD_C), Verdict::Drop(DropReason::BadIpHeader));
+    assert_eq!(
+        verdict_of(&f, POD_C),
+        Verdict::Drop(DropReason::BadIpHeader)
+    );
 }
 
 #[test]
@@ -110,7 +120,10 @@ fn fragments_are_dropped() {
 fn bad_ip_checksum_is_dropped() {
     let mut f = udp(A, 5000, VIP, 53).bytes();
     f[24] ^= 0xff;
-    assert_eq!(verdict_of(&f, POD_A), Verdict::Drop(DropReason::BadIpChecksum));
+    assert_eq!(
+        verdict_of(&f, POD_A),
+        Verdict::Drop(DropReason::BadIpChecksum)
+    );
 }
 
 #[test]
@@ -118,18 +131,30 @@ fn zero_length_udp_is_dropped() {
     let mut f = udp(A, 5000, VIP, 53).bytes();
     f[38] = 0;
     f[39] = 0;
-    assert_eq!(verdict_of(&f, POD_A), Verdict::Drop(DropReason::BadL4Header));
+    assert_eq!(
+        verdict_of(&f, POD_A),
+        Verdict::Drop(DropReason::BadL4Header)
+    );
     f[39] = 7; // shorter than its own header
-    assert_eq!(verdict_of(&f, POD_A), Verdict::Drop(DropReason::BadL4Header));
+    assert_eq!(
+        verdict_of(&f, POD_A),
+        Verdict::Drop(DropReason::BadL4Header)
+    );
     f[38] = 0xff; // longer than the IP payload
-    assert_eq!(verdict_of(&f, POD_A), Verdict::Drop(DropReason::BadL4Header));
+    assert_eq!(
+        verdict_of(&f, POD_A),
+        Verdict::Drop(DropReason::BadL4Header)
+    );
 }
 
 #[test]
 fn tcp_data_offset_below_five_is_dropped() {
     let mut f = tcp(C, 40000, VIP, 80, SYN).bytes();
     f[46] = 0x40;
-    assert_eq!(verdict_of(&f, POD_C), Verdict::Drop(DropReason::BadL4Header));
+    assert_eq!(
+        verdict_of(&f, POD_C),
+        Verdict::Drop(DropReason::BadL4Header)
+    );
 }
 
 #[test]
@@ -156,7 +181,10 @@ fn vxlan_too_short_for_its_header_is_dropped() {
         .udp(40000, 8472)
         .write(&mut out, &[0x08, 0, 0, 0])
         .unwrap();
-    assert_eq!(verdict_of(&out, UPLINK), Verdict::Drop(DropReason::BadVxlanHeader));
+    assert_eq!(
+        verdict_of(&out, UPLINK),
+        Verdict::Drop(DropReason::BadVxlanHeader)
+    );
     // A header but no inner Ethernet frame.
     let v = vxlan_from(NODE2, MAC_NODE2, 1, 0x08, &[0u8; 6]);
     assert_eq!(verdict_of(&v, UPLINK), Verdict::Drop(DropReason::Truncated));
