@@ -70,6 +70,7 @@ pub struct ReplayOptions {
 }
 
 /// One captured frame.
+#[derive(Debug)]
 pub struct Captured {
     pub iface: String,
     pub ts: Duration,
@@ -120,6 +121,33 @@ fn fnv1a(b: &[u8]) -> u32 {
     })
 }
 
+/// A pcapng interface's `if_tsresol`: timestamps count units of 10^-v seconds, or
+/// 2^-v when the high bit is set; microseconds when absent (RFC-draft pcapng 4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TsResol(u8);
+
+impl Default for TsResol {
+    fn default() -> TsResol {
+        TsResol(6)
+    }
+}
+
+impl TsResol {
+    /// pcap-file hands the raw tick count over as nanoseconds; scale it.
+    fn duration(self, ticks: u64) -> Duration {
+        let v = (self.0 & 0x7f) as u32;
+        let ns = if self.0 & 0x80 == 0 {
+            match 9i32 - v as i32 {
+                d if d >= 0 => ticks.saturating_mul(10u64.pow(d as u32)),
+                d => ticks / 10u64.pow((-d) as u32),
+            }
+        } else {
+            ((ticks as u128 * 1_000_000_000) >> v.min(127)) as u64
+        };
+        Duration::from_nanos(ns)
+    }
+}
+
 /// Reads a pcap or pcapng file (told apart by their magic numbers).
 pub fn read_capture(path: &Path, ingress: Option<&str>) -> Result<Vec<Captured>> {
     let mut bytes = Vec::new();
@@ -131,21 +159,27 @@ pub fn read_capture(path: &Path, ingress: Option<&str>) -> Result<Vec<Captured>>
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
         let mut r = PcapNgReader::new(&bytes[..])
             .with_context(|| format!("{}: not a valid pcapng file", path.display()))?;
-        // Interface names in the order their description blocks appear (pcapng ids).
-        let mut names: Vec<Option<String>> = Vec::new();
+        // Interfaces in the order their description blocks appear (pcapng ids): name
+        // and timestamp resolution.
+        let mut ifaces: Vec<(Option<String>, TsResol)> = Vec::new();
         while let Some(block) = r.next_block() {
             match block.with_context(|| format!("{}: corrupt pcapng block", path.display()))? {
                 Block::InterfaceDescription(idb) => {
-                    names.push(idb.options.iter().find_map(|o| match o {
-                        InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
-                        _ => None,
-                    }))
+                    let mut name = None;
+                    let mut resol = TsResol::default();
+                    for o in &idb.options {
+                        match o {
+                            InterfaceDescriptionOption::IfName(n) => name = Some(n.to_string()),
+                            InterfaceDescriptionOption::IfTsResol(r) => resol = TsResol(*r),
+                            _ => {}
+                        }
+                    }
+                    ifaces.push((name, resol));
                 }
                 Block::EnhancedPacket(epb) => {
-                    let name = names
-                        .get(epb.interface_id as usize)
-                        .cloned()
-                        .flatten()
+                    let iface = ifaces.get(epb.interface_id as usize);
+                    let name = iface
+                        .and_then(|i| i.0.clone())
                         .or_else(|| ingress.map(str::to_string))
                         .with_context(|| {
                             format!(
@@ -154,9 +188,10 @@ pub fn read_capture(path: &Path, ingress: Option<&str>) -> Result<Vec<Captured>>
                                 epb.interface_id
                             )
                         })?;
+                    let resol = iface.map(|i| i.1).unwrap_or_default();
                     out.push(Captured {
                         iface: name,
-                        ts: epb.timestamp,
+                        ts: resol.duration(epb.timestamp.as_nanos() as u64),
                         data: epb.data.into_owned(),
                     });
                 }
@@ -300,7 +335,11 @@ pub fn replay(
             w.write_pcapng_block(InterfaceDescriptionBlock {
                 linktype: DataLink::ETHERNET,
                 snaplen: 0,
-                options: vec![InterfaceDescriptionOption::IfName(Cow::Owned(name.clone()))],
+                options: vec![
+                    InterfaceDescriptionOption::IfName(Cow::Owned(name.clone())),
+                    // pcap-file writes nanosecond ticks: say so.
+                    InterfaceDescriptionOption::IfTsResol(9),
+                ],
             })
             .context("cannot write pcapng interface")?;
         }
