@@ -55,7 +55,7 @@ pub struct PipelineArgs {
     pub maglev_table_size: u32,
     /// Most flows tracked per worker; when full, unreplied flows are evicted first and
     /// new flows are dropped (counted as conntrack_full) rather than established ones.
-    #[arg(long, default_value_t = pipeline::DEFAULT_CONNTRACK_SIZE)]
+    #[arg(long, default_value_t = pipeline::DEFAULT_CONNTRACK_SIZE, value_parser = parse_conntrack_size)]
     pub conntrack_size: usize,
     /// Idle timeout of a TCP flow that has not been answered yet.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -76,7 +76,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub conntrack_udp_timeout_stream: Duration,
     /// Most (client, Service) pins kept for sessionAffinity: ClientIP.
-    #[arg(long, default_value_t = pipeline::DEFAULT_AFFINITY_SIZE)]
+    #[arg(long, default_value_t = pipeline::DEFAULT_AFFINITY_SIZE, value_parser = parse_affinity_size)]
     pub affinity_size: usize,
 }
 
@@ -86,7 +86,7 @@ impl PipelineArgs {
         Config {
             ports,
             vxlan_port: self.vxlan_port,
-            conntrack_size: self.conntrack_size.max(1),
+            conntrack_size: self.conntrack_size,
             timeouts: Timeouts {
                 tcp_syn: n(self.conntrack_tcp_timeout_syn),
                 tcp_established: n(self.conntrack_tcp_timeout_established),
@@ -95,7 +95,7 @@ impl PipelineArgs {
                 udp_unreplied: n(self.conntrack_udp_timeout),
                 udp_replied: n(self.conntrack_udp_timeout_stream),
             },
-            affinity_size: self.affinity_size.max(1),
+            affinity_size: self.affinity_size,
             neighbour_size: pipeline::DEFAULT_NEIGHBOUR_SIZE,
         }
     }
@@ -127,14 +127,36 @@ pub struct ReplayArgs {
     pub pipeline: PipelineArgs,
 }
 
+/// Largest accepted `--maglev-table-size`: 2 bytes a slot, so 2 MiB per table.
+const MAX_TABLE_SIZE: u32 = 1 << 20;
+
 fn parse_prime(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if n > MAX_TABLE_SIZE {
+        return Err(format!("{n} is over the limit of {MAX_TABLE_SIZE} slots"));
+    }
     if n < 2 || !maglev::is_prime(n) {
         return Err(format!(
             "{n} is not prime; Maglev needs a prime table size (e.g. 251, 16381, 65537)"
         ));
     }
     Ok(n)
+}
+
+fn parse_size(s: &str, max: usize) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if n == 0 || n > max {
+        return Err(format!("{n} is out of range 1..={max}"));
+    }
+    Ok(n)
+}
+
+fn parse_conntrack_size(s: &str) -> Result<usize, String> {
+    parse_size(s, kxdp_dataplane::conntrack::MAX_CAPACITY)
+}
+
+fn parse_affinity_size(s: &str) -> Result<usize, String> {
+    parse_size(s, kxdp_dataplane::affinity::MAX_CAPACITY)
 }
 
 /// `90s`, `2m`, `24h`, `500ms`, or plain seconds.
@@ -177,5 +199,13 @@ mod tests {
     fn maglev_table_size_must_be_prime() {
         assert_eq!(parse_prime("65537"), Ok(65537));
         assert!(parse_prime("65536").unwrap_err().contains("not prime"));
+        assert!(parse_prime("4294967291").unwrap_err().contains("limit"));
+    }
+
+    #[test]
+    fn table_sizes_must_be_positive_and_bounded() {
+        assert!(parse_conntrack_size("0").is_err());
+        assert_eq!(parse_conntrack_size("1024"), Ok(1024));
+        assert!(parse_conntrack_size("99999999999").is_err());
     }
 }
