@@ -359,6 +359,24 @@ fn load_balancer_ip_is_a_frontend() {
 }
 
 #[test]
+fn external_ip_is_a_frontend_with_the_external_policy() {
+    let ext = std::net::Ipv4Addr::new(198, 19, 64, 9);
+    let snap = snapshot_with(1, |s| {
+        s[0].external_ips = vec![ext];
+        s[0].external_policy_local = true; // client address kept, local endpoints only
+    });
+    let mut p = pipeline();
+    let req = tcp(EXTERNAL, 50000, ext, 80, SYN).macs(MAC_EXTERNAL, MAC_UPLINK);
+    let (v, out) = run(&mut p, &snap, T0, UPLINK, &req.bytes());
+    let s = seen(&out);
+    assert_eq!(v, tx(port_of(s.dst)));
+    assert_eq!((s.src, s.ports.unwrap().1), (EXTERNAL, 8080));
+    // The same Service through its ClusterIP keeps policy Cluster: no change there.
+    let (v, _) = run(&mut p, &snap, T0, POD_C, &tcp(C, 1, VIP, 80, SYN).bytes());
+    assert!(matches!(v, Verdict::Tx { .. }));
+}
+
+#[test]
 fn uplink_traffic_that_is_not_ours_passes_to_the_kernel() {
     let (mut p, snap) = (pipeline(), snapshot(1));
     let ssh = tcp(EXTERNAL, 50000, NODE1, 22, SYN).macs(MAC_EXTERNAL, MAC_UPLINK);

@@ -460,3 +460,46 @@ pub fn seen(frame: &[u8]) -> Seen {
         icmp,
     }
 }
+
+/// node2's own view of the same cluster (for round trips between two pipelines).
+pub fn snapshot_node2(generation: u64) -> Snapshot {
+    let node = LocalNode {
+        name: "node2".into(),
+        pod_cidrs: vec!["198.18.2.0/24".parse().unwrap()],
+        vtep_ip: NODE2,
+        vtep_mac: VTEP2,
+        vni: Vni::new(1).unwrap(),
+        node_ips: vec![NODE2],
+        snat_ip: Ipv4Addr::new(198, 18, 2, 0),
+    };
+    let mut b = SnapshotBuilder::new(generation, node, 65537);
+    b.add_remote_node(RemoteNode {
+        name: "node1".into(),
+        pod_cidrs: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 1, 0), 24).unwrap()],
+        vtep_ip: NODE1,
+        vtep_mac: VTEP1,
+        vni: Vni::new(1).unwrap(),
+    });
+    b.build()
+}
+
+/// A pipeline for node2 whose pod REMOTE_POD sits on port 1 and node1 is reachable.
+pub fn pipeline_node2() -> Pipeline {
+    let mut p = Pipeline::new(Config::new(ports(1500)));
+    let n = p.neighbours_mut();
+    n.pin(
+        REMOTE_POD,
+        Neighbour {
+            port: POD_A,
+            mac: pod_mac(REMOTE_POD),
+        },
+    );
+    n.pin(
+        NODE1,
+        Neighbour {
+            port: UPLINK,
+            mac: MAC_UPLINK,
+        },
+    );
+    p
+}
