@@ -187,14 +187,18 @@ impl Pipeline {
                         return self.decap(snap, now, f, &h);
                     }
                 }
-                // From the underlay kxdp only serves Service frontends; the rest
-                // (the host's own traffic) is the kernel's.
-                match h.tuple() {
-                    Some(t) => match snap.frontend(&service_key(&t)) {
+                // From the underlay kxdp serves Service frontends and ICMP errors
+                // about its flows (a router's fragmentation-needed about a NodePort
+                // reply); the rest (the host's own traffic) is the kernel's.
+                match (h.tuple(), h.l4) {
+                    (Some(t), _) => match snap.frontend(&service_key(&t)) {
                         Some(fe) => self.via_service(snap, now, f, &h, t, fe, ing),
                         None => Verdict::Pass,
                     },
-                    None => Verdict::Pass,
+                    (None, L4::Icmp { ty, .. }) if icmp::is_error(ty) => self
+                        .icmp_error(snap, now, f, &h, ing)
+                        .unwrap_or(Verdict::Pass),
+                    _ => Verdict::Pass,
                 }
             }
             PortRole::Pod => {

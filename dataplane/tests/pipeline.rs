@@ -690,6 +690,47 @@ fn fragmentation_needed_from_a_router_keeps_the_router_address() {
 }
 
 #[test]
+fn fragmentation_needed_about_a_node_port_reply_reaches_the_backend() {
+    let (mut p, snap) = (pipeline(), snapshot(1));
+    let req = tcp(EXTERNAL, 50000, NODE1, NODE_PORT, SYN).macs(MAC_EXTERNAL, MAC_UPLINK);
+    let (_, to_pod) = run(&mut p, &snap, T0, UPLINK, &req.bytes());
+    let snat_port = seen(&to_pod).ports.unwrap().0;
+    let (_, reply) = run(
+        &mut p,
+        &snap,
+        T0,
+        POD_A,
+        &tcp(A, 8080, SNAT, snat_port, SYN | ACK).bytes(),
+    );
+    // A router on the way to the client cannot forward the reply as it left node1.
+    let mut err = icmp_error(ROUTER, 3, 4, 1280, &reply, 28);
+    err[0..6].copy_from_slice(&MAC_UPLINK.0);
+    err[6..12].copy_from_slice(&MAC_ROUTER.0);
+    let (v, out) = run(&mut p, &snap, T0, UPLINK, &err);
+    assert_eq!(v, tx(POD_A));
+    let s = seen(&out);
+    assert_eq!((s.src, s.dst), (ROUTER, A));
+    // The quote now shows the packet as the backend sent it.
+    assert_eq!(&s.payload[12..16], &A.octets());
+    assert_eq!(&s.payload[16..20], &SNAT.octets());
+    assert_eq!(u16::from_be_bytes([s.payload[20], s.payload[21]]), 8080);
+    assert_eq!(
+        u16::from_be_bytes([s.payload[22], s.payload[23]]),
+        snat_port
+    );
+    // An error about nothing kxdp tracks is the kernel's.
+    let stray = icmp_error(
+        ROUTER,
+        3,
+        4,
+        1280,
+        &tcp(NODE1, 22, EXTERNAL, 5, ACK).bytes(),
+        28,
+    );
+    assert_eq!(run(&mut p, &snap, T0, UPLINK, &stray).0, Verdict::Pass);
+}
+
+#[test]
 fn ttl_one_is_not_forwarded() {
     let (mut p, snap) = (pipeline(), snapshot(1));
     let mut f = udp(A, 1, B, 2);
