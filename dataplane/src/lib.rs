@@ -2,6 +2,7 @@
 //! sans-IO pipeline that ties them together. It knows nothing about Kubernetes.
 
 pub mod affinity;
+pub mod arp;
 pub mod checksum;
 pub mod conntrack;
 pub mod flow;
@@ -13,6 +14,7 @@ pub mod neighbour;
 pub mod packet;
 pub mod pipeline;
 pub mod ports;
+pub mod resolve;
 pub mod snapshot;
 pub mod verdict;
 pub mod vxlan;

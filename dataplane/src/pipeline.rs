@@ -22,6 +22,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::affinity::AffinityTable;
+use crate::arp;
 use crate::conntrack::{Dir, FlowId, FlowState, FlowTable, InsertError, TcpFlags, Timeouts};
 use crate::flow::{mix64, FiveTuple, Nanos};
 use crate::frame::Frame;
@@ -30,6 +31,7 @@ use crate::nat::{self, L4Csum};
 use crate::neighbour::{Neighbour, NeighbourTable};
 use crate::packet::{self, Headers, ETH_LEN, L4, L4_AT};
 use crate::ports::{PortRole, Ports};
+use crate::resolve::{ResolveQueue, Via};
 use crate::snapshot::{Frontend, Mac, Route, ServiceKey, Snapshot};
 use crate::verdict::{Counters, DropReason, PortId, Verdict};
 use crate::vxlan::{self, Encap};
@@ -105,8 +107,11 @@ pub struct Pipeline {
     flows: FlowTable<FlowData>,
     affinity: AffinityTable,
     neighbours: NeighbourTable,
+    resolve: ResolveQueue,
     counters: Counters,
     ip_ident: u16,
+    /// The time of the frame being handled (handed in by the caller).
+    now: Nanos,
 }
 
 impl Pipeline {
@@ -115,6 +120,8 @@ impl Pipeline {
             flows: FlowTable::new(cfg.conntrack_size, cfg.timeouts),
             affinity: AffinityTable::new(cfg.affinity_size),
             neighbours: NeighbourTable::new(cfg.neighbour_size),
+            resolve: ResolveQueue::default(),
+            now: Nanos(0),
             counters: Counters::default(),
             ip_ident: 0,
             cfg,
@@ -159,15 +166,43 @@ impl Pipeline {
         &mut self.neighbours
     }
 
+    /// Next hops to ARP for, queued by the frames that needed them.
+    pub fn resolve_requests(&mut self) -> &mut ResolveQueue {
+        &mut self.resolve
+    }
+
+    /// Asks for every next hop `snap` will need that is not known yet (local
+    /// endpoints, remote VTEPs), so that the first packets of a flow are not the ones
+    /// that wait for ARP. Workers call it when they pick up a new snapshot.
+    pub fn prefetch_neighbours(&mut self, snap: &Snapshot, now: Nanos) {
+        for svc in snap.services() {
+            for b in svc.backends.iter().filter(|b| b.is_local) {
+                let ip = *b.addr.ip();
+                if self.neighbours.get(ip).is_none() {
+                    self.resolve.want(ip, Via::PodPorts, now);
+                }
+            }
+        }
+        for n in snap.remotes() {
+            if self.neighbours.get(n.vtep_ip).is_none() {
+                self.resolve.want(n.vtep_ip, Via::Uplink, now);
+            }
+        }
+    }
+
     /// One frame through the pipeline.
     pub fn handle(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame) -> Verdict {
+        self.now = now;
         let Some(port) = self.cfg.ports.get(f.ingress) else {
             return Verdict::Pass;
         };
         let role = port.role;
         let h = match packet::parse(f.data()) {
             Ok(Some(h)) => h,
-            Ok(None) => return Verdict::Pass,
+            Ok(None) => {
+                self.learn_from_arp(snap, f, role, now);
+                return Verdict::Pass;
+            }
             Err(r) => return Verdict::Drop(r),
         };
         f.set_len(ETH_LEN + h.ip_len); // cut Ethernet padding
@@ -208,6 +243,22 @@ impl Pipeline {
                 }
                 self.forward(snap, now, f, &h, ing)
             }
+        }
+    }
+
+    /// ARP tells where its sender is: a pod behind a pod port, a host on the uplink.
+    fn learn_from_arp(&mut self, snap: &Snapshot, f: &Frame, role: PortRole, now: Nanos) {
+        let Some((ip, mac)) = arp::sender(f.data()) else {
+            return;
+        };
+        let relevant = match role {
+            PortRole::Pod => snap.route(ip) == Route::LocalPod,
+            PortRole::Uplink => true,
+        };
+        if relevant {
+            let port = f.ingress;
+            self.neighbours.learn(ip, Neighbour { port, mac }, now);
+            self.counters.arp_learned += 1;
         }
     }
 
@@ -526,7 +577,7 @@ impl Pipeline {
         match snap.route(dst) {
             Route::LocalPod => match self.neighbours.get(dst) {
                 Some(n) => self.deliver(f, h, ing, hop, n),
-                None => Verdict::Drop(DropReason::NeighbourUnknown),
+                None => self.unresolved(dst, Via::PodPorts),
             },
             Route::Remote(node) => {
                 if ing.overlay && hop == Hop::Forwarded {
@@ -555,7 +606,7 @@ impl Pipeline {
                     };
                 }
                 let Some(next_hop) = self.neighbours.get(node.vtep_ip) else {
-                    return Verdict::Drop(DropReason::NeighbourUnknown);
+                    return self.unresolved(node.vtep_ip, Via::Uplink);
                 };
                 if let Some(drop) = self.finish(f, h, ing, hop) {
                     return drop;
@@ -585,10 +636,16 @@ impl Pipeline {
                 None if hop == Hop::Forwarded && dst == h.dst => Verdict::Pass,
                 None => match self.neighbours.get(dst) {
                     Some(n) => self.deliver(f, h, ing, hop, n),
-                    None => Verdict::Drop(DropReason::NeighbourUnknown),
+                    None => self.unresolved(dst, Via::Uplink),
                 },
             },
         }
+    }
+
+    /// The next hop's MAC is unknown: drop this frame and ask the worker to ARP.
+    fn unresolved(&mut self, ip: Ipv4Addr, via: Via) -> Verdict {
+        self.resolve.want(ip, via, self.now);
+        Verdict::Drop(DropReason::NeighbourUnknown)
     }
 
     /// Last touches of a forwarded packet: TTL, and full L4 checksums where the

@@ -78,6 +78,8 @@ pub struct Counters {
     pub encapsulated: u64,
     pub decapsulated: u64,
     pub new_flows: u64,
+    /// Neighbours learned from ARP frames.
+    pub arp_learned: u64,
 }
 
 impl Counters {
@@ -111,6 +113,7 @@ impl Counters {
         self.encapsulated += o.encapsulated;
         self.decapsulated += o.decapsulated;
         self.new_flows += o.new_flows;
+        self.arp_learned += o.arp_learned;
     }
 }
 

@@ -793,6 +793,57 @@ fn local_pod_without_a_known_mac_is_counted_not_guessed() {
 }
 
 #[test]
+fn an_unknown_next_hop_is_queued_for_arp_once_and_learned_from_the_reply() {
+    use kxdp_dataplane::resolve::{Request, Via};
+    let mut p = kxdp_dataplane::pipeline::Pipeline::new(Config::new(ports(1500)));
+    let snap = snapshot(1);
+    for _ in 0..3 {
+        let v = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes()).0;
+        assert_eq!(v, Verdict::Drop(DropReason::NeighbourUnknown));
+    }
+    let asked: Vec<Request> = p.resolve_requests().drain().collect();
+    assert_eq!(
+        asked,
+        vec![Request {
+            ip: B,
+            via: Via::PodPorts
+        }]
+    );
+    // B answers kxdp's who-has on its port.
+    let mut reply = vec![0u8; 42];
+    kxdp_dataplane::arp::write_request(&mut reply, pod_mac(B), B, SNAT);
+    reply[21] = 2; // operation: reply
+    assert_eq!(run(&mut p, &snap, T0, POD_B, &reply).0, Verdict::Pass);
+    assert_eq!(p.counters().arp_learned, 1);
+    assert_eq!(
+        run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes()).0,
+        tx(POD_B)
+    );
+}
+
+#[test]
+fn a_new_snapshot_prefetches_local_endpoints_and_vteps() {
+    use kxdp_dataplane::resolve::Via;
+    let mut p = kxdp_dataplane::pipeline::Pipeline::new(Config::new(ports(1500)));
+    p.prefetch_neighbours(&snapshot(1), T0);
+    let mut asked: Vec<_> = p
+        .resolve_requests()
+        .drain()
+        .map(|r| (r.ip, r.via))
+        .collect();
+    asked.sort_by_key(|(ip, _)| *ip);
+    assert_eq!(
+        asked,
+        vec![
+            (A, Via::PodPorts),
+            (B, Via::PodPorts),
+            (C, Via::PodPorts),
+            (NODE2, Via::Uplink)
+        ]
+    );
+}
+
+#[test]
 fn a_pod_is_learned_from_its_own_frames() {
     let mut p = kxdp_dataplane::pipeline::Pipeline::new(Config::new(ports(1500)));
     let snap = snapshot(1);
