@@ -19,3 +19,5 @@ pub mod snapshot;
 pub mod verdict;
 pub mod vxlan;
 pub mod wire;
+pub mod worker;
+pub mod xsk;

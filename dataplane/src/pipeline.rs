@@ -139,8 +139,6 @@ impl Pipeline {
     ) {
         for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
             *v = self.handle(snap, now, f);
-            self.counters.rx += 1;
-            self.counters.count(*v);
         }
     }
 
@@ -190,9 +188,18 @@ impl Pipeline {
         }
     }
 
-    /// One frame through the pipeline.
+    /// One frame through the pipeline, counted. [`Pipeline::process`] is this over a
+    /// batch; workers that walk their RX ring call it directly.
+    #[inline]
     pub fn handle(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame) -> Verdict {
         self.now = now;
+        let v = self.decide(snap, now, f);
+        self.counters.rx += 1;
+        self.counters.count(v);
+        v
+    }
+
+    fn decide(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame) -> Verdict {
         let Some(port) = self.cfg.ports.get(f.ingress) else {
             return Verdict::Pass;
         };

@@ -1,0 +1,7 @@
+//! AF_XDP through xsk-rs: one UMEM per worker shared by its sockets on every
+//! interface (forwarding hands a frame from one interface's RX ring to another's TX
+//! ring, never copying it), and the steering program that feeds them.
+
+pub mod port;
+pub mod steer;
+pub mod umem;

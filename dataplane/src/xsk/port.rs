@@ -1,0 +1,152 @@
+//! One AF_XDP socket on one interface queue, with its four rings.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use xsk_rs::config::{BindFlags, LibxdpFlags, QueueSize, SocketConfig};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
+
+use super::umem::FramePool;
+use crate::verdict::PortId;
+
+/// `--bind`: how the socket gets frames from the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// The kernel copies frames into the UMEM (every driver; veth offers only this).
+    Copy,
+    /// The NIC DMAs into the UMEM (drivers with AF_XDP zero-copy support).
+    ZeroCopy,
+    /// Zero-copy where the driver offers it, else copy.
+    Auto,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind an AF_XDP socket to {iface} queue {queue} ({mode:?}): {err}")]
+pub struct BindError {
+    pub iface: String,
+    pub queue: u32,
+    pub mode: BindMode,
+    pub err: String,
+}
+
+pub struct XskPort {
+    pub id: PortId,
+    pub name: String,
+    pub tx: TxQueue,
+    pub rx: RxQueue,
+    pub fill: FillQueue,
+    pub comp: CompQueue,
+    /// Frames the kernel holds through this socket's fill and TX rings.
+    pub in_fill: usize,
+    pub in_tx: usize,
+    pub ring_size: u32,
+}
+
+impl XskPort {
+    pub fn open(
+        pool: &FramePool,
+        id: PortId,
+        iface: &str,
+        queue: u32,
+        ring_size: u32,
+        mode: BindMode,
+    ) -> Result<XskPort, BindError> {
+        let err = |mode, e: String| BindError {
+            iface: iface.into(),
+            queue,
+            mode,
+            err: e,
+        };
+        let attempt = |flags: BindFlags| {
+            let q = QueueSize::new(ring_size).map_err(|e| e.to_string())?;
+            let cfg = SocketConfig::builder()
+                .rx_queue_size(q)
+                .tx_queue_size(q)
+                // kxdp loads its own steering program and fills the XSKMAP itself.
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(flags | BindFlags::XDP_USE_NEED_WAKEUP)
+                .build();
+            let name = iface
+                .parse()
+                .map_err(|_| format!("bad interface name {iface:?}"))?;
+            // SAFETY: the UMEM outlives the socket (both live in the worker, the pool
+            // is dropped last), as xsk-rs requires.
+            unsafe { Socket::new(cfg, &pool.umem, &name, queue) }.map_err(|e| format!("{e}"))
+        };
+        let (tx, rx, rings) = match mode {
+            BindMode::Copy => attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
+            BindMode::ZeroCopy => attempt(BindFlags::XDP_ZEROCOPY).map_err(|e| err(mode, e))?,
+            BindMode::Auto => attempt(BindFlags::XDP_ZEROCOPY)
+                .or_else(|_| attempt(BindFlags::XDP_COPY))
+                .map_err(|e| err(mode, e))?,
+        };
+        let (fill, comp) =
+            rings.ok_or_else(|| err(mode, "no fill/completion rings for this queue".into()))?;
+        Ok(XskPort {
+            id,
+            name: iface.into(),
+            tx,
+            rx,
+            fill,
+            comp,
+            in_fill: 0,
+            in_tx: 0,
+            ring_size,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Gives the kernel free frames to receive into.
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>, max: usize) {
+        let want = (self.fill.nb_free(max as u32) as usize).min(free.len());
+        if want > 0 {
+            let at = free.len() - want;
+            // SAFETY: the frames come from the free pool: nobody else uses them.
+            let n = unsafe { self.fill.produce(&free[at..]) };
+            free.truncate(free.len() - n);
+            self.in_fill += n;
+        }
+        if self.fill.needs_wakeup() {
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    /// Takes back frames the kernel has transmitted.
+    pub fn reap(&mut self, free: &mut Vec<FrameDesc>, scratch: &mut [FrameDesc]) -> usize {
+        // SAFETY: completed descriptors are ours again.
+        let n = unsafe { self.comp.consume(scratch) };
+        self.in_tx -= n;
+        free.extend_from_slice(&scratch[..n]);
+        n
+    }
+
+    /// Receives up to `out.len()` frames.
+    pub fn receive(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: received descriptors are ours until we hand them to a ring.
+        let n = unsafe { self.rx.consume(out) };
+        self.in_fill -= n;
+        n
+    }
+
+    /// Queues frames for transmission; returns how many the TX ring took.
+    pub fn send(&mut self, descs: &[FrameDesc]) -> usize {
+        // SAFETY: the frames are ours and stay untouched until they complete.
+        let n = unsafe { self.tx.produce(descs) };
+        self.in_tx += n;
+        n
+    }
+
+    /// Copy-mode transmission happens inside sendto(), at most 32 frames a call:
+    /// kick until the ring is drained or the kernel stops taking frames.
+    pub fn kick(&mut self) {
+        let mut tries = 0;
+        while self.in_tx > 0 && self.tx.nb_free_exact() < self.ring_size && tries < 64 {
+            if self.tx.wakeup().is_err() {
+                break;
+            }
+            tries += 1;
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The XDP steering program (`bpf/steer.bpf.c`): loading it, attaching it to the
+//! interfaces kxdp serves, and keeping its maps in step with the snapshot.
+//!
+//! Attaching goes through netlink with an explicit mode and replaces whatever program
+//! the interface had, so a restart never stacks a second one. Netlink attachments
+//! outlive the process: [`Steering`] detaches on drop, and if kxdp is killed the
+//! program stays but finds no socket and passes everything to the kernel (fail open).
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, RawFd};
+
+use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, Xdp, XdpFlags};
+
+use crate::snapshot::{ServiceKey, Snapshot};
+
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
+
+/// XSKMAP keys per interface: queues beyond this cannot be served.
+pub const MAX_QUEUES: u32 = 64;
+
+/// How the program runs on an interface (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver: the fast path, and on veth what keeps the peer from sending
+    /// GSO super-frames.
+    Native,
+    /// Generic XDP in the stack: works everywhere, slower.
+    Skb,
+}
+
+impl XdpMode {
+    fn flags(self) -> XdpFlags {
+        match self {
+            XdpMode::Native => XdpFlags::DRV_MODE,
+            XdpMode::Skb => XdpFlags::SKB_MODE,
+        }
+    }
+}
+
+/// What an interface is to the steering program (matches `ROLE_*` in the C source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Uplink = 1,
+    Pod = 2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("interface {0:?} does not exist")]
+    NoInterface(String),
+    #[error(
+        "cannot load the steering program: {0} (is this root, with CAP_BPF and CAP_NET_ADMIN?)"
+    )]
+    Load(libbpf_rs::Error),
+    #[error("cannot attach XDP in {mode:?} mode to {iface}: {err} (try --xdp-mode skb?)")]
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        err: libbpf_rs::Error,
+    },
+    #[error("steering map {map}: {err}")]
+    Map {
+        map: &'static str,
+        err: libbpf_rs::Error,
+    },
+}
+
+/// The interface index of `name`, or an error naming it.
+pub fn ifindex(name: &str) -> Result<u32, SteerError> {
+    let c = CString::new(name).map_err(|_| SteerError::NoInterface(name.into()))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(SteerError::NoInterface(name.into())),
+        i => Ok(i),
+    }
+}
+
+struct Attached {
+    ifindex: u32,
+    flags: u32,
+}
+
+/// The loaded program, the interfaces it is attached to, and its maps.
+pub struct Steering {
+    obj: Object,
+    attached: Vec<Attached>,
+    frontends: HashSet<[u8; 8]>,
+    endpoints: HashSet<[u8; 8]>,
+    pod_cidrs: HashSet<[u8; 8]>,
+}
+
+fn l4key(ip: Ipv4Addr, port: u16, proto: u8) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0..4].copy_from_slice(&ip.octets());
+    k[4..6].copy_from_slice(&port.to_be_bytes());
+    k[6] = proto;
+    k
+}
+
+fn lpm_key(ip: Ipv4Addr, prefix: u8) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0..4].copy_from_slice(&(prefix as u32).to_ne_bytes());
+    k[4..8].copy_from_slice(&ip.octets());
+    k
+}
+
+impl Steering {
+    pub fn load() -> Result<Steering, SteerError> {
+        let obj = ObjectBuilder::default()
+            .open_memory(OBJECT)
+            .and_then(|o| o.load())
+            .map_err(SteerError::Load)?;
+        Ok(Steering {
+            obj,
+            attached: Vec::new(),
+            frontends: HashSet::new(),
+            endpoints: HashSet::new(),
+            pod_cidrs: HashSet::new(),
+        })
+    }
+
+    fn map(&self, name: &'static str) -> Result<libbpf_rs::Map<'_>, SteerError> {
+        self.obj
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or(SteerError::Map {
+                map: name,
+                err: libbpf_rs::Error::from_raw_os_error(libc::ENOENT),
+            })
+    }
+
+    fn update(&self, name: &'static str, key: &[u8], value: &[u8]) -> Result<(), SteerError> {
+        self.map(name)?
+            .update(key, value, MapFlags::ANY)
+            .map_err(|err| SteerError::Map { map: name, err })
+    }
+
+    fn delete(&self, name: &'static str, key: &[u8]) -> Result<(), SteerError> {
+        self.map(name)?
+            .delete(key)
+            .map_err(|err| SteerError::Map { map: name, err })
+    }
+
+    /// Attaches the program to `iface`, whose sockets will use XSKMAP keys
+    /// `slot..slot + MAX_QUEUES`.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        role: Role,
+        mode: XdpMode,
+        slot: u32,
+    ) -> Result<u32, SteerError> {
+        let ifindex = ifindex(iface)?;
+        let mut value = [0u8; 8];
+        value[0..4].copy_from_slice(&slot.to_ne_bytes());
+        value[4..8].copy_from_slice(&(role as u32).to_ne_bytes());
+        self.update("ifaces", &ifindex.to_ne_bytes(), &value)?;
+        let prog = self
+            .obj
+            .progs()
+            .find(|p| p.name() == "kxdp_steer")
+            .expect("the object defines kxdp_steer");
+        Xdp::new(prog.as_fd())
+            .attach(ifindex as i32, mode.flags())
+            .map_err(|err| SteerError::Attach {
+                iface: iface.into(),
+                mode,
+                err,
+            })?;
+        self.attached.push(Attached {
+            ifindex,
+            flags: mode.flags().bits(),
+        });
+        Ok(ifindex)
+    }
+
+    /// Puts an AF_XDP socket in the XSKMAP under `key` (slot + queue).
+    pub fn register_socket(&self, key: u32, fd: RawFd) -> Result<(), SteerError> {
+        self.update("xsks", &key.to_ne_bytes(), &(fd as u32).to_ne_bytes())
+    }
+
+    /// Turns steering on (after the sockets are registered) or off (before they close).
+    pub fn set_enabled(
+        &self,
+        enabled: bool,
+        vtep_ip: Ipv4Addr,
+        vxlan_port: u16,
+    ) -> Result<(), SteerError> {
+        let mut v = [0u8; 12];
+        v[0..4].copy_from_slice(&(enabled as u32).to_ne_bytes());
+        v[4..8].copy_from_slice(&vtep_ip.octets());
+        v[8..10].copy_from_slice(&vxlan_port.to_be_bytes());
+        self.update("config", &0u32.to_ne_bytes(), &v)
+    }
+
+    /// Lets ARP replies from `ip` through to kxdp (it asked), or stops doing so.
+    pub fn expect_arp_reply(&self, ip: Ipv4Addr, expect: bool) -> Result<(), SteerError> {
+        if expect {
+            self.update("arp_pending", &ip.octets(), &[1])
+        } else {
+            self.delete("arp_pending", &ip.octets()).or(Ok(()))
+        }
+    }
+
+    /// Makes the maps say what `snap` owns: frontends, local endpoints, pod CIDRs.
+    pub fn sync(&mut self, snap: &Snapshot) -> Result<(), SteerError> {
+        let frontends: HashSet<[u8; 8]> = snap
+            .frontends()
+            .map(|(k, _): (&ServiceKey, _)| l4key(k.ip, k.port, k.proto as u8))
+            .collect();
+        let endpoints: HashSet<[u8; 8]> = snap
+            .services()
+            .iter()
+            .flat_map(|s| s.spec.endpoints.iter().map(move |e| (e, s.spec.proto)))
+            .filter(|(e, _)| e.is_local)
+            .map(|(e, proto)| l4key(*e.addr.ip(), e.addr.port(), proto as u8))
+            .collect();
+        let pod_cidrs: HashSet<[u8; 8]> = snap
+            .node
+            .pod_cidrs
+            .iter()
+            .chain(snap.remotes().iter().flat_map(|n| n.pod_cidrs.iter()))
+            .map(|c| lpm_key(c.addr(), c.prefix()))
+            .collect();
+        let old = std::mem::take(&mut self.frontends);
+        self.frontends = self.replace("frontends", old, frontends)?;
+        let old = std::mem::take(&mut self.endpoints);
+        self.endpoints = self.replace("endpoints", old, endpoints)?;
+        let old = std::mem::take(&mut self.pod_cidrs);
+        self.pod_cidrs = self.replace("pod_cidrs", old, pod_cidrs)?;
+        Ok(())
+    }
+
+    /// Inserts what is new, then deletes what is gone (never a moment without both).
+    fn replace(
+        &self,
+        map: &'static str,
+        old: HashSet<[u8; 8]>,
+        new: HashSet<[u8; 8]>,
+    ) -> Result<HashSet<[u8; 8]>, SteerError> {
+        for k in new.difference(&old) {
+            self.update(map, k, &[1])?;
+        }
+        for k in old.difference(&new) {
+            self.delete(map, k)?;
+        }
+        Ok(new)
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        let _ = self.set_enabled(false, Ipv4Addr::UNSPECIFIED, 0);
+        for a in &self.attached {
+            // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
+            unsafe { libbpf_sys::bpf_xdp_detach(a.ifindex as i32, a.flags, std::ptr::null()) };
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! A worker's UMEM and the pool of frames it owns.
+//!
+//! Every frame is always in exactly one place: the free pool, a fill ring, an RX
+//! batch being processed, a TX ring, or a completion ring on its way back; the worker
+//! counts them at exit to prove none leaked.
+
+use std::num::NonZeroU32;
+
+use xsk_rs::config::{FrameSize, QueueSize, UmemConfig};
+use xsk_rs::{FrameDesc, Umem};
+
+use crate::frame::HEADROOM;
+
+/// Bytes per UMEM frame: a page, room for a 1500-byte frame, headroom and replies.
+pub const FRAME_SIZE: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UmemError {
+    #[error("invalid UMEM settings: {0}")]
+    Config(String),
+    #[error("cannot create a UMEM of {frames} frames: {err} (memlock limit? see --frames)")]
+    Create { frames: u32, err: std::io::Error },
+}
+
+pub struct FramePool {
+    pub umem: Umem,
+    pub free: Vec<FrameDesc>,
+    pub total: usize,
+}
+
+impl FramePool {
+    pub fn new(frames: u32, ring_size: u32) -> Result<FramePool, UmemError> {
+        let q = |n| QueueSize::new(n).map_err(|e| UmemError::Config(e.to_string()));
+        let cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| UmemError::Config(e.to_string()))?)
+            .fill_queue_size(q(ring_size)?)
+            .comp_queue_size(q(ring_size)?)
+            .frame_headroom(HEADROOM as u32)
+            .build()
+            .map_err(|e| UmemError::Config(e.to_string()))?;
+        let n = NonZeroU32::new(frames).ok_or(UmemError::Config("--frames must be > 0".into()))?;
+        let (umem, free) = Umem::new(cfg, n, false).map_err(|e| UmemError::Create {
+            frames,
+            err: std::io::Error::other(e.to_string()),
+        })?;
+        let total = free.len();
+        Ok(FramePool { umem, free, total })
+    }
+
+    /// The frame `desc` points at as one buffer: the UMEM headroom segment followed
+    /// by the data segment, so the packet starts at [`HEADROOM`] and a
+    /// [`crate::frame::Frame`] can grow it at the front.
+    ///
+    /// # Safety
+    /// The caller owns the frame (it is in no ring) and drops the slice before the
+    /// frame goes back to a ring or [`FramePool::commit`] is called.
+    // The UMEM is shared memory that xsk-rs itself hands out mutably from `&Umem`;
+    // exclusivity comes from owning the frame, which the caller promises.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn buffer<'a>(&'a self, desc: &mut FrameDesc) -> &'a mut [u8] {
+        // SAFETY: xsk-rs lays a frame out as [xdp headroom][frame headroom][data], so
+        // the HEADROOM bytes before the data segment belong to the same frame.
+        unsafe {
+            let mut data = self.umem.data_mut(desc);
+            let cap = data.cursor().buf_len();
+            let ptr = data.contents_mut().as_mut_ptr().sub(HEADROOM);
+            std::slice::from_raw_parts_mut(ptr, HEADROOM + cap)
+        }
+    }
+
+    /// Records that the frame's packet is now `len` bytes at `start` of its
+    /// [`FramePool::buffer`], moving it back to where the descriptor says packets
+    /// start (xsk-rs descriptors cannot move their start, so encapsulation and
+    /// decapsulation cost one `memmove` of the packet).
+    pub fn commit(&self, desc: &mut FrameDesc, start: usize, len: usize) {
+        // SAFETY: the caller owns the frame (see `buffer`), and no other view of it is
+        // alive: this takes the only one for the duration of the move.
+        unsafe {
+            if start != HEADROOM {
+                let buf = self.buffer(desc);
+                buf.copy_within(start..start + len, HEADROOM);
+            }
+            self.umem.data_mut(desc).cursor().set_pos(len);
+        }
+    }
+}
