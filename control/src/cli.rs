@@ -27,8 +27,72 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve a node: attach to its uplink and pod interfaces and forward on AF_XDP.
+    Run(RunArgs),
     /// Run the exact pipeline over a capture (pcap or pcapng in, pcapng out).
     Replay(ReplayArgs),
+}
+
+/// `--xdp-mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeArg {
+    Native,
+    Skb,
+}
+
+/// `--bind`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindArg {
+    Copy,
+    ZeroCopy,
+    Auto,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
+    /// The node's uplink (underlay) interface: VXLAN, NodePort and LoadBalancer traffic.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: String,
+    /// The host side of a pod's veth (repeatable).
+    #[arg(long = "pod-iface", value_name = "IFACE")]
+    pub pod_ifaces: Vec<String>,
+    /// CPU cores to pin workers to, in order (e.g. 1 or 0,1); unpinned when absent.
+    #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
+    pub cores: Vec<usize>,
+    /// Queues served on every interface: one worker per queue.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
+    /// Where the steering program runs: in the driver (native) or generic (skb).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    pub xdp_mode: XdpModeArg,
+    /// AF_XDP bind mode; zero-copy needs driver support (veth has none).
+    #[arg(long, value_enum, default_value_t = BindArg::Auto)]
+    pub bind: BindArg,
+    /// Spin on the rings instead of sleeping when idle (lower latency, a busy core).
+    #[arg(long)]
+    pub busy_poll: bool,
+    /// Frames taken from a ring at a time.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Descriptors per AF_XDP ring (a power of two).
+    #[arg(long, default_value_t = 2048)]
+    pub ring_size: u32,
+    /// UMEM frames per worker (4 KiB each).
+    #[arg(long, default_value_t = 16384)]
+    pub frames: u32,
+    /// The pods' default gateway (kxdp's ARP requests to pods come from it).
+    #[arg(long, default_value = "169.254.1.1")]
+    pub gateway_ip: std::net::Ipv4Addr,
+    /// Where /proxyMode (and, next, /metrics) are served.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: std::net::SocketAddr,
+    /// Where /healthz and /livez are served.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: std::net::SocketAddr,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 }
 
 /// Where the Kubernetes objects come from and which node this is.

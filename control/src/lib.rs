@@ -2,6 +2,8 @@
 //! sources, and the pieces of the `kxdp` binary. It knows nothing about packet bytes.
 
 pub mod cli;
+pub mod endpoints;
 pub mod objects;
 pub mod replay;
+pub mod run;
 pub mod translate;

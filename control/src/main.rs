@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kxdp_control::cli::{Cli, Command, ObjectsArgs, ReplayArgs};
+use kxdp_control::cli::{Cli, Command, ObjectsArgs, ReplayArgs, RunArgs};
 use kxdp_control::objects::parse_objects;
 use kxdp_control::replay::{self, ReplayOptions};
 use kxdp_control::translate::{translate, TranslateConfig};
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run_cmd(args),
         Command::Replay(args) => replay_cmd(args),
     };
     match result {
@@ -49,6 +50,11 @@ fn load_snapshot(o: &ObjectsArgs, max_table_size: u32) -> Result<Snapshot> {
         tracing::warn!("rejected {e}");
     }
     Ok(t.snapshot)
+}
+
+fn run_cmd(a: RunArgs) -> Result<()> {
+    let snap = load_snapshot(&a.objects, a.pipeline.maglev_table_size)?;
+    kxdp_control::run::run(a, snap)
 }
 
 fn replay_cmd(a: ReplayArgs) -> Result<()> {

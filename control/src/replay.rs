@@ -250,6 +250,9 @@ pub fn ports_for(frames: &[Captured], uplink: &str, uplink_mtu: u16, extra: &[St
                 },
                 mac: port_mac(n),
                 mtu: if n == uplink { uplink_mtu } else { 1500 },
+                // Captures of pod veths show partial checksums; an uplink capture is
+                // taken as a NIC's (complete checksums).
+                partial_checksums: n != uplink,
             })
             .collect(),
     )

@@ -204,6 +204,11 @@ impl Pipeline {
             return Verdict::Pass;
         };
         let role = port.role;
+        let l4 = if port.partial_checksums {
+            L4Csum::Later
+        } else {
+            L4Csum::Incremental
+        };
         let h = match packet::parse(f.data()) {
             Ok(Some(h)) => h,
             Ok(None) => {
@@ -213,8 +218,8 @@ impl Pipeline {
             Err(r) => return Verdict::Drop(r),
         };
         f.set_len(ETH_LEN + h.ip_len); // cut Ethernet padding
-        let mut ing = Ingress {
-            l4: L4Csum::Incremental,
+        let ing = Ingress {
+            l4,
             overlay: false,
             origin: Neighbour {
                 port: f.ingress,
@@ -226,7 +231,7 @@ impl Pipeline {
             PortRole::Uplink => {
                 if let L4::Udp { dport, .. } = h.l4 {
                     if dport == self.cfg.vxlan_port && h.dst == snap.node.vtep_ip {
-                        return self.decap(snap, now, f, &h);
+                        return self.decap(snap, now, f, &h, l4);
                     }
                 }
                 // From the underlay kxdp serves Service frontends and ICMP errors
@@ -244,7 +249,6 @@ impl Pipeline {
                 }
             }
             PortRole::Pod => {
-                ing.l4 = L4Csum::Later;
                 if snap.route(h.src) == Route::LocalPod {
                     self.neighbours.learn(h.src, ing.origin, now);
                 }
@@ -279,7 +283,14 @@ impl Pipeline {
         self.cfg.ports.get(self.cfg.ports.uplink()?).map(|p| p.mtu)
     }
 
-    fn decap(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame, outer: &Headers) -> Verdict {
+    fn decap(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        outer: &Headers,
+        l4: L4Csum,
+    ) -> Verdict {
         let inner_len = match vxlan::inner_len(f.data(), outer, snap.node.vni.get()) {
             Ok(n) => n,
             Err(r) => return Verdict::Drop(r),
@@ -303,8 +314,9 @@ impl Pipeline {
             Err(r) => return Verdict::Drop(r),
         };
         f.set_len(ETH_LEN + h.ip_len);
+        // The inner frame's checksums are as trustworthy as the port it came in on.
         let ing = Ingress {
-            l4: L4Csum::Incremental,
+            l4,
             overlay: true,
             origin,
             quote: None,

@@ -8,8 +8,7 @@ use crate::verdict::PortId;
 pub enum PortRole {
     /// The node's underlay: VXLAN to and from other nodes, NodePort/LB clients.
     Uplink,
-    /// The host side of a pod's veth. Pods' frames may carry partial L4 checksums
-    /// (checksum offload), so the pipeline completes them in software.
+    /// The host side of a pod's veth.
     Pod,
 }
 
@@ -19,6 +18,11 @@ pub struct Port {
     pub role: PortRole,
     pub mac: Mac,
     pub mtu: u16,
+    /// Frames from this port may carry partial L4 checksums, so the pipeline completes
+    /// them in software: pod veths (checksum offload), and any virtual link such as a
+    /// veth uplink, where even a kernel VXLAN peer's inner checksums stay partial. A
+    /// NIC delivers complete checksums and gets RFC 1624 updates only.
+    pub partial_checksums: bool,
 }
 
 /// All ports of a pipeline; a [`PortId`] indexes this list.

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, RawFd};
 
-use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, Xdp, XdpFlags};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, ObjectBuilder, Xdp, XdpFlags};
 
 use crate::snapshot::{ServiceKey, Snapshot};
 
@@ -204,6 +204,17 @@ impl Steering {
         }
     }
 
+    /// A handle on the ARP map for a worker thread.
+    pub fn arp_pending(&self) -> Result<ArpPending, SteerError> {
+        let map = self.map("arp_pending")?;
+        MapHandle::try_from(&map)
+            .map(ArpPending)
+            .map_err(|err| SteerError::Map {
+                map: "arp_pending",
+                err,
+            })
+    }
+
     /// Makes the maps say what `snap` owns: frontends, local endpoints, pod CIDRs.
     pub fn sync(&mut self, snap: &Snapshot) -> Result<(), SteerError> {
         let frontends: HashSet<[u8; 8]> = snap
@@ -247,6 +258,20 @@ impl Steering {
             self.delete(map, k)?;
         }
         Ok(new)
+    }
+}
+
+/// The steering program's ARP map, owned by a worker: which ARP replies it expects.
+pub struct ArpPending(MapHandle);
+
+impl crate::worker::ArpSteer for ArpPending {
+    fn expect_reply(&self, ip: Ipv4Addr) -> Result<(), SteerError> {
+        self.0
+            .update(&ip.octets(), &[1], MapFlags::ANY)
+            .map_err(|err| SteerError::Map {
+                map: "arp_pending",
+                err,
+            })
     }
 }
 

@@ -59,6 +59,7 @@ pub fn ports(uplink_mtu: u16) -> Ports {
         role: PortRole::Uplink,
         mac: MAC_UPLINK,
         mtu: uplink_mtu,
+        partial_checksums: false,
     }];
     for (i, name) in ["podA", "podB", "podC"].iter().enumerate() {
         v.push(Port {
@@ -66,6 +67,7 @@ pub fn ports(uplink_mtu: u16) -> Ports {
             role: PortRole::Pod,
             mac: host_veth_mac(PortId(i as u16 + 1)),
             mtu: 1500,
+            partial_checksums: true,
         });
     }
     Ports::new(v)

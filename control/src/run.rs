@@ -1,0 +1,217 @@
+//! `kxdp run`: checks the node, attaches the steering program, starts one pinned
+//! worker per queue, serves the endpoints, and on SIGINT/SIGTERM stops the workers
+//! and detaches everything it attached.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use kxdp_dataplane::ports::{Port, PortRole, Ports};
+use kxdp_dataplane::snapshot::{Mac, Snapshot};
+use kxdp_dataplane::verdict::Counters;
+use kxdp_dataplane::worker::{Shared, Worker, WorkerConfig};
+use kxdp_dataplane::xsk::port::BindMode;
+use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
+
+use crate::cli::{BindArg, RunArgs, XdpModeArg};
+use crate::endpoints;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn sysfs(iface: &str, file: &str) -> Result<String> {
+    let path = format!("/sys/class/net/{iface}/{file}");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {path}"))?
+        .trim()
+        .to_string())
+}
+
+/// The interface's RX queue count, from sysfs.
+fn rx_queues(iface: &str) -> Result<u32> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let n = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {dir}"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    Ok(n as u32)
+}
+
+/// Everything that can be checked before attaching anything.
+fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
+    // SAFETY: plain libc getter.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kxdp run needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK) to attach XDP and open AF_XDP sockets");
+    }
+    if a.queues == 0 || a.queues > MAX_QUEUES {
+        bail!("--queues {} is out of range 1..={MAX_QUEUES}", a.queues);
+    }
+    if !a.ring_size.is_power_of_two() {
+        bail!("--ring-size {} is not a power of two", a.ring_size);
+    }
+    if !a.cores.is_empty() && a.cores.len() < a.queues as usize {
+        bail!(
+            "--cores names {} cores for {} queues: give one per queue",
+            a.cores.len(),
+            a.queues
+        );
+    }
+    let mut ports = Vec::new();
+    let all = std::iter::once((&a.uplink, PortRole::Uplink))
+        .chain(a.pod_ifaces.iter().map(|p| (p, PortRole::Pod)));
+    for (name, role) in all {
+        steer::ifindex(name).map_err(|_| anyhow::anyhow!("interface {name} does not exist"))?;
+        let have = rx_queues(name)?;
+        if a.queues > have {
+            bail!(
+                "interface {name} has no queue {}: it has {have}; see --queues",
+                a.queues - 1
+            );
+        }
+        let mac: Mac = sysfs(name, "address")?
+            .parse()
+            .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
+        let mtu: u16 = sysfs(name, "mtu")?.parse().context("mtu")?;
+        // A physical NIC has a device link in sysfs; veths and other virtual links
+        // do not, and carry partial checksums across.
+        let virtual_link = !std::path::Path::new(&format!("/sys/class/net/{name}/device")).exists();
+        ports.push(Port {
+            name: name.clone(),
+            role,
+            mac,
+            mtu,
+            partial_checksums: role == PortRole::Pod || virtual_link,
+        });
+    }
+    // UMEM pages count against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK
+    // (root does): lift the limit where allowed, and say so where not.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "memlock limit kept ({}); relying on CAP_IPC_LOCK for the UMEM",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(ports)
+}
+
+pub fn run(a: RunArgs, snap: Snapshot) -> Result<()> {
+    let ports = preflight(&a)?;
+    let mode = match a.xdp_mode {
+        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Skb => XdpMode::Skb,
+    };
+    let bind = match a.bind {
+        BindArg::Copy => BindMode::Copy,
+        BindArg::ZeroCopy => BindMode::ZeroCopy,
+        BindArg::Auto => BindMode::Auto,
+    };
+    let vtep: Ipv4Addr = snap.node.vtep_ip;
+    let vxlan_port = a.pipeline.vxlan_port;
+    let mut steering = Steering::load()?;
+    for (i, p) in ports.iter().enumerate() {
+        let role = match p.role {
+            PortRole::Uplink => Role::Uplink,
+            PortRole::Pod => Role::Pod,
+        };
+        steering.attach(&p.name, role, mode, i as u32 * MAX_QUEUES)?;
+    }
+    steering.sync(&snap)?;
+    let shared_snapshot = Arc::new(ArcSwap::from_pointee(snap));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pipeline_cfg = a.pipeline.config(Ports::new(ports));
+    let mut workers = Vec::new();
+    for q in 0..a.queues {
+        let cfg = WorkerConfig {
+            queue: q,
+            core: a.cores.get(q as usize).copied(),
+            batch_size: a.batch_size,
+            ring_size: a.ring_size,
+            frames: a.frames,
+            bind,
+            busy_poll: a.busy_poll,
+            gateway_ip: a.gateway_ip,
+        };
+        let shared = Shared {
+            snapshot: shared_snapshot.clone(),
+            stop: stop.clone(),
+            counters: Arc::new(Mutex::new(Counters::default())),
+        };
+        let w = Worker::new(
+            cfg,
+            pipeline_cfg.clone(),
+            shared,
+            Box::new(steering.arp_pending()?),
+            |port, queue, fd| steering.register_socket(port.0 as u32 * MAX_QUEUES + queue, fd),
+        )?;
+        workers.push(w);
+    }
+    steering.set_enabled(true, vtep, vxlan_port)?;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let started = SystemTime::now();
+    let http = [
+        endpoints::serve(a.metrics_bind_address, stop.clone(), started)?,
+        endpoints::serve(a.healthz_bind_address, stop.clone(), started)?,
+    ];
+    let handles: Vec<_> = workers
+        .into_iter()
+        .enumerate()
+        .map(|(q, w)| {
+            std::thread::Builder::new()
+                .name(format!("kxdp-worker-{q}"))
+                .spawn(move || w.run())
+                .expect("spawn worker")
+        })
+        .collect();
+    tracing::info!(
+        queues = a.queues,
+        uplink = %a.uplink,
+        pods = a.pod_ifaces.len(),
+        "kxdp is forwarding"
+    );
+    while !STOP.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    tracing::info!("stopping");
+    // Steering off first: from here on the kernel gets everything (fail open).
+    steering.set_enabled(false, vtep, vxlan_port)?;
+    stop.store(true, Ordering::Relaxed);
+    let mut leaked = false;
+    for (q, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(count)) => {
+                if count.free + count.in_rings != count.total {
+                    tracing::error!(queue = q, ?count, "frames leaked");
+                    leaked = true;
+                } else {
+                    tracing::info!(queue = q, frames = count.total, "all frames accounted for");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(queue = q, "worker failed: {e}"),
+            Err(_) => tracing::error!(queue = q, "worker panicked"),
+        }
+    }
+    for h in http {
+        let _ = h.join();
+    }
+    drop(steering);
+    if leaked {
+        bail!("frames leaked");
+    }
+    Ok(())
+}
