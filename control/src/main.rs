@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 }
 
 /// Reads and translates the objects file; invalid objects are reported and skipped.
-fn load_snapshot(o: &ObjectsArgs, max_table_size: u32) -> Result<Snapshot> {
+fn load_snapshot(o: &ObjectsArgs, max_table_size: u32, generation: u64) -> Result<Snapshot> {
     let text = std::fs::read_to_string(&o.objects)
         .with_context(|| format!("cannot read objects file {}", o.objects.display()))?;
     let parsed = parse_objects(&text);
@@ -44,7 +44,7 @@ fn load_snapshot(o: &ObjectsArgs, max_table_size: u32) -> Result<Snapshot> {
         node_name: o.node_name.clone(),
         max_table_size,
     };
-    let t = translate(&parsed.objects, &cfg, 1)
+    let t = translate(&parsed.objects, &cfg, generation)
         .with_context(|| format!("objects file {}", o.objects.display()))?;
     for e in &t.errors {
         tracing::warn!("rejected {e}");
@@ -53,12 +53,13 @@ fn load_snapshot(o: &ObjectsArgs, max_table_size: u32) -> Result<Snapshot> {
 }
 
 fn run_cmd(a: RunArgs) -> Result<()> {
-    let snap = load_snapshot(&a.objects, a.pipeline.maglev_table_size)?;
-    kxdp_control::run::run(a, snap)
+    let objects = a.objects.clone();
+    let m = a.pipeline.maglev_table_size;
+    kxdp_control::run::run(a, &move |generation| load_snapshot(&objects, m, generation))
 }
 
 fn replay_cmd(a: ReplayArgs) -> Result<()> {
-    let snap = load_snapshot(&a.objects, a.pipeline.maglev_table_size)?;
+    let snap = load_snapshot(&a.objects, a.pipeline.maglev_table_size, 1)?;
     let opts = ReplayOptions {
         input: a.input,
         output: a.output,

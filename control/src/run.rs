@@ -20,9 +20,21 @@ use crate::cli::{BindArg, RunArgs, XdpModeArg};
 use crate::endpoints;
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::Relaxed);
+    } else {
+        STOP.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Builds the snapshot of a given generation from the objects source.
+pub type Loader = dyn Fn(u64) -> Result<Snapshot>;
+
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn sysfs(iface: &str, file: &str) -> Result<String> {
@@ -106,8 +118,11 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
     Ok(ports)
 }
 
-pub fn run(a: RunArgs, snap: Snapshot) -> Result<()> {
+/// Runs until SIGINT/SIGTERM. `load` rebuilds the snapshot when the objects file
+/// changes or on SIGHUP; a file that does not load keeps the last good snapshot.
+pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
     let ports = preflight(&a)?;
+    let snap = load(1)?;
     let mode = match a.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
         XdpModeArg::Skb => XdpMode::Skb,
@@ -162,6 +177,7 @@ pub fn run(a: RunArgs, snap: Snapshot) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
     let started = SystemTime::now();
     let http = [
@@ -184,8 +200,32 @@ pub fn run(a: RunArgs, snap: Snapshot) -> Result<()> {
         pods = a.pod_ifaces.len(),
         "kxdp is forwarding"
     );
+    let mut generation = 1;
+    let mut stamp = modified(&a.objects.objects);
+    let mut last_check = std::time::Instant::now();
     while !STOP.load(Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if last_check.elapsed() >= std::time::Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            let now = modified(&a.objects.objects);
+            if now != stamp {
+                stamp = now;
+                RELOAD.store(true, Ordering::Relaxed);
+            }
+        }
+        if RELOAD.swap(false, Ordering::Relaxed) {
+            match load(generation + 1) {
+                Ok(snap) => {
+                    generation += 1;
+                    steering.sync(&snap)?;
+                    shared_snapshot.store(Arc::new(snap));
+                    tracing::info!(generation, "objects reloaded");
+                }
+                Err(e) => {
+                    tracing::error!("objects reload failed, keeping generation {generation}: {e:#}")
+                }
+            }
+        }
     }
     tracing::info!("stopping");
     // Steering off first: from here on the kernel gets everything (fail open).
