@@ -232,6 +232,7 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
     steering.set_enabled(false, vtep, vxlan_port)?;
     stop.store(true, Ordering::Relaxed);
     let mut leaked = false;
+    let mut failed = false;
     for (q, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(count)) => {
@@ -242,8 +243,14 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
                     tracing::info!(queue = q, frames = count.total, "all frames accounted for");
                 }
             }
-            Ok(Err(e)) => tracing::error!(queue = q, "worker failed: {e}"),
-            Err(_) => tracing::error!(queue = q, "worker panicked"),
+            Ok(Err(e)) => {
+                tracing::error!(queue = q, "worker failed: {e}");
+                failed = true;
+            }
+            Err(_) => {
+                tracing::error!(queue = q, "worker panicked");
+                failed = true;
+            }
         }
     }
     for h in http {
@@ -252,6 +259,9 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
     drop(steering);
     if leaked {
         bail!("frames leaked");
+    }
+    if failed {
+        bail!("a worker failed (see the log above)");
     }
     Ok(())
 }

@@ -1,0 +1,481 @@
+//! End-to-end tests: the `kxdp` binary forwarding real traffic between real peers
+//! (the kernel's TCP/UDP stacks, curl, Python servers, a kernel vxlan device as
+//! flannel configures it) in the two-node network-namespace topology of
+//! ARCHITECTURE.md ("Test topology"); see `netns/mod.rs` for the topology and guards.
+//!
+//! Every test builds its own topology (unique namespace names), so they run in
+//! parallel; each needs root and skips with a message otherwise. Everything a test
+//! creates is removed when its guards drop, also when it fails.
+//!
+//! Addresses: node1 pods 198.18.1.h, node2 pods 198.18.2.h, ClusterIPs 198.19.0.x,
+//! node1's underlay address 198.19.128.1, the external client 198.19.128.100.
+
+mod netns;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use netns::{
+    available, Reply, Service, Topology, CLIENT_IP, HTTP_SERVER, LONG_LIVED_CLIENT, NODE1_IP,
+    NODE1_SNAT_IP, SINK_SERVER, TCP_ECHO_SERVER, UDP_CLIENT, UDP_ECHO_SERVER, UPLOAD_CLIENT,
+};
+
+const HTTP_PORT: u16 = 8080;
+
+/// Runs UDP_CLIENT in `ns` against `dst` for `count` datagrams; every reply must come
+/// from `dst` itself (the reverse NAT) and say the server saw `client_ip`.
+fn udp_round_trips(t: &Topology, ns: &str, dst: SocketAddrV4, client_ip: Ipv4Addr, count: u32) {
+    let mut c = t.python(
+        ns,
+        "udp-client",
+        UDP_CLIENT,
+        &[
+            &dst.ip().to_string(),
+            &dst.port().to_string(),
+            &count.to_string(),
+        ],
+    );
+    let (status, lines) = c.wait_exit(Duration::from_secs(15)).unwrap();
+    assert!(status.success(), "UDP client failed ({status}): {lines:?}");
+    assert_eq!(lines.len(), count as usize, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("src={dst} data=ping-{i} from={client_ip}:")),
+            "reply {i} must come from {dst} (the Service) and the server must have seen {client_ip}: {line}"
+        );
+    }
+}
+
+#[test]
+fn pod_to_cluster_ip_reaches_a_local_backend_and_replies_come_from_the_cluster_ip() {
+    let name = "pod_to_cluster_ip_reaches_a_local_backend_and_replies_come_from_the_cluster_ip";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11], &[]);
+    let (client, backend) = (t.pod(1, 10), t.pod(1, 11));
+    let _http = t.server(backend, "http", HTTP_SERVER, HTTP_PORT);
+    let _udp = t.server(backend, "udp-echo", UDP_ECHO_SERVER, 5353);
+    let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[backend]);
+    let dns = Service::udp("dns", [198, 19, 0, 53], 53, 5353).endpoints(&[backend]);
+    let _kxdp = t.start_kxdp(&t.write_objects(&[web.clone(), dns]));
+
+    // TCP: the handshake only completes if the SYN-ACK comes back from the ClusterIP.
+    let r = t.http_get(&client.ns, &web.cluster_url());
+    assert_eq!(r.backend, backend.ip, "{r:?}");
+    assert_eq!(
+        *r.client.ip(),
+        client.ip,
+        "a pod client is not masqueraded: {r:?}"
+    );
+
+    // UDP: an unconnected socket shows where each reply really came from.
+    let svc = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 53), 53);
+    udp_round_trips(&t, &client.ns, svc, client.ip, 3);
+}
+
+#[test]
+fn pod_to_cluster_ip_reaches_a_backend_on_node2_through_vxlan() {
+    let name = "pod_to_cluster_ip_reaches_a_backend_on_node2_through_vxlan";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[10]);
+    let (client, backend) = (t.pod(1, 10), t.pod(2, 10));
+    let _http = t.server(backend, "http", HTTP_SERVER, HTTP_PORT);
+    let _udp = t.server(backend, "udp-echo", UDP_ECHO_SERVER, 5353);
+    let web = Service::tcp("web", [198, 19, 0, 11], 80, HTTP_PORT).endpoints(&[backend]);
+    let dns = Service::udp("dns", [198, 19, 0, 54], 53, 5353).endpoints(&[backend]);
+    let _kxdp = t.start_kxdp(&t.write_objects(&[web.clone(), dns]));
+
+    let r = t.http_get(&client.ns, &web.cluster_url());
+    assert_eq!(r.backend, backend.ip, "{r:?}");
+    assert_eq!(*r.client.ip(), client.ip, "{r:?}");
+    let svc = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 54), 53);
+    udp_round_trips(&t, &client.ns, svc, client.ip, 3);
+}
+
+#[test]
+fn pods_reach_each_other_across_nodes_without_a_service() {
+    let name = "pods_reach_each_other_across_nodes_without_a_service";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[10]);
+    let (p1, p2) = (t.pod(1, 10), t.pod(2, 10));
+    let _s1 = t.server(p1, "http-node1", HTTP_SERVER, HTTP_PORT);
+    let _s2 = t.server(p2, "http-node2", HTTP_SERVER, HTTP_PORT);
+    let _kxdp = t.start_kxdp(&t.write_objects(&[]));
+
+    for (from, to) in [(p2, p1), (p1, p2)] {
+        let r = t.http_get(&from.ns, &format!("http://{}:{HTTP_PORT}/", to.ip));
+        assert_eq!(r.backend, to.ip, "{} -> {}: {r:?}", from.ip, to.ip);
+        assert_eq!(*r.client.ip(), from.ip, "{} -> {}: {r:?}", from.ip, to.ip);
+    }
+}
+
+#[test]
+fn connections_to_a_service_spread_over_its_backends_and_a_tuple_sticks() {
+    let name = "connections_to_a_service_spread_over_its_backends_and_a_tuple_sticks";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11, 12], &[10]);
+    let client = t.pod(1, 10);
+    let backends = [t.pod(1, 11), t.pod(1, 12), t.pod(2, 10)];
+    let _servers: Vec<_> = backends
+        .iter()
+        .map(|b| t.server(b, "http", HTTP_SERVER, HTTP_PORT))
+        .collect();
+    let web = Service::tcp("web", [198, 19, 0, 12], 80, HTTP_PORT).endpoints(&backends);
+    let _kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
+
+    // 200 connections, one after the other, each from a new ephemeral port (curl's
+    // URL globbing opens a new connection per URL as the server closes each one).
+    const N: usize = 200;
+    let url = format!("http://{}:{}/[1-{N}]", web.cluster_ip, web.port);
+    let body = t
+        .curl_within(&client.ns, &[&url], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    let replies: Vec<Reply> = Reply::parse_all(&body)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| panic!("bad reply in {body:?}")))
+        .collect();
+    assert_eq!(replies.len(), N, "{body}");
+    let mut share: BTreeMap<Ipv4Addr, usize> = backends.iter().map(|b| (b.ip, 0)).collect();
+    for r in &replies {
+        assert_eq!(*r.client.ip(), client.ip, "{r:?}");
+        *share
+            .get_mut(&r.backend)
+            .unwrap_or_else(|| panic!("{} is not a backend", r.backend)) += 1;
+    }
+    // Maglev's fill gives each of 3 equal backends a third of the table (within one
+    // slot), and the flow hash of distinct client ports picks a slot like a fair die:
+    // each count is Binomial(200, 1/3), mean 66.7, standard deviation 6.7. 35 and 100
+    // are 4.7 and 5.0 standard deviations away, so a correct kxdp fails this a few
+    // times in a million runs (three backends, both tails), while a broken spread (a
+    // backend never or always chosen, a hash that ignores the source port) fails it
+    // every time.
+    eprintln!("{name}: {N} connections spread as {share:?}");
+    for (b, n) in &share {
+        assert!(
+            (35..=100).contains(n),
+            "backend {b} got {n} of {N} connections: {share:?}"
+        );
+    }
+
+    // A fixed source port: the same 5-tuple, so the same backend every time. The
+    // ports are above the ephemeral range (32768-60999) so nothing else takes them.
+    // The server closes first (HTTP_SERVER), so TIME_WAIT is the server's and the
+    // client's port is free again once its last ACK is answered; a bind that races
+    // that ACK (curl exit 45) is retried.
+    for port in [61000u16, 61001, 61002] {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let p = port.to_string();
+            let mut tries = 0;
+            let body = loop {
+                tries += 1;
+                match t.curl(&client.ns, &["--local-port", &p, &web.cluster_url()]) {
+                    Ok(b) => break b,
+                    Err(e) if e.code == Some(45) && tries < 50 => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("{} (after {tries} tries)", e.message),
+                }
+            };
+            let r = Reply::parse_all(&body)[0].unwrap_or_else(|| panic!("{body:?}"));
+            assert_eq!(r.client, SocketAddrV4::new(client.ip, port), "{r:?}");
+            seen.push(r.backend);
+        }
+        assert!(
+            seen.iter().all(|b| *b == seen[0]),
+            "source port {port}: the same tuple went to different backends: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn node_port_from_the_underlay_with_external_traffic_policy_cluster_and_local() {
+    let name = "node_port_from_the_underlay_with_external_traffic_policy_cluster_and_local";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[10]);
+    let (local, remote) = (t.pod(1, 10), t.pod(2, 10));
+    let _s1 = t.server(local, "http-node1", HTTP_SERVER, HTTP_PORT);
+    let _s2 = t.server(remote, "http-node2", HTTP_SERVER, HTTP_PORT);
+    let cluster = Service::tcp("np-cluster", [198, 19, 0, 13], 80, HTTP_PORT)
+        .node_port(30080, false)
+        .endpoints(&[local, remote]);
+    let only_local = Service::tcp("np-local", [198, 19, 0, 14], 80, HTTP_PORT)
+        .node_port(30081, true)
+        .endpoints(&[local, remote]);
+    let _kxdp = t.start_kxdp(&t.write_objects(&[cluster, only_local]));
+
+    // Cluster: any backend, and the backend sees node1's SNAT address so that its
+    // reply comes back through node1. 20 connections over 2 backends all landing on
+    // one would happen with probability 2^-19: seeing both is the expected case.
+    const N: usize = 20;
+    let url = format!("http://{NODE1_IP}:30080/[1-{N}]");
+    let body = t
+        .curl_within(&t.client, &[&url], Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    let replies: Vec<Reply> = Reply::parse_all(&body).into_iter().flatten().collect();
+    assert_eq!(replies.len(), N, "{body}");
+    for r in &replies {
+        assert_eq!(
+            *r.client.ip(),
+            NODE1_SNAT_IP,
+            "externalTrafficPolicy Cluster masquerades: {r:?}"
+        );
+    }
+    for b in [local.ip, remote.ip] {
+        assert!(
+            replies.iter().any(|r| r.backend == b),
+            "{b} never served a NodePort connection: {replies:?}"
+        );
+    }
+
+    // Local: only node1's endpoint, and it sees the client's own address.
+    let url = format!("http://{NODE1_IP}:30081/[1-{N}]");
+    let body = t
+        .curl_within(&t.client, &[&url], Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    let replies: Vec<Reply> = Reply::parse_all(&body).into_iter().flatten().collect();
+    assert_eq!(replies.len(), N, "{body}");
+    for r in &replies {
+        assert_eq!(r.backend, local.ip, "Local serves from node1 only: {r:?}");
+        assert_eq!(
+            *r.client.ip(),
+            CLIENT_IP,
+            "Local keeps the client address: {r:?}"
+        );
+    }
+}
+
+/// The `echoed N` count a LONG_LIVED_CLIENT line reports.
+fn echoed(line: &str) -> Option<u32> {
+    line.strip_prefix("echoed ")?.parse().ok()
+}
+
+#[test]
+fn a_long_lived_connection_survives_endpoint_changes_of_its_service() {
+    let name = "a_long_lived_connection_survives_endpoint_changes_of_its_service";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11, 12], &[10]);
+    let (client, backend) = (t.pod(1, 10), t.pod(1, 11));
+    let (other1, other2) = (t.pod(1, 12), t.pod(2, 10));
+    let _echo = t.server(backend, "tcp-echo", TCP_ECHO_SERVER, 7000);
+    let echo = Service::tcp("echo", [198, 19, 0, 15], 7, 7000);
+    let objects = t.write_objects(&[echo.clone().endpoints(&[backend])]);
+    let kxdp = t.start_kxdp(&objects);
+
+    // Three connections: whichever backend Maglev would pick for a new connection
+    // with one tuple after a change, with three tuples and four multi-endpoint sets it
+    // is all but certain that some change remaps some tuple away from `backend`. A
+    // remapped packet would reach a pod with no socket for it and be reset.
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            t.python(
+                &client.ns,
+                &format!("long-lived-client-{i}"),
+                LONG_LIVED_CLIENT,
+                &[&echo.cluster_ip.to_string(), &echo.port.to_string()],
+            )
+        })
+        .collect();
+    let mut last = Vec::new();
+    for c in &mut clients {
+        let line = c
+            .wait_line(
+                |l| echoed(l).is_some_and(|n| n >= 5),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        last.push(echoed(&line).unwrap_or(0));
+    }
+
+    // Other endpoints come and go; every set changes the Service's Maglev table, but
+    // established connections must stay where they are.
+    let changes: [&[&netns::Pod]; 5] = [
+        &[backend, other1],
+        &[other1, backend, other2],
+        &[backend, other2],
+        &[other2, other1, backend],
+        &[backend],
+    ];
+    let reloads = kxdp.count("objects reloaded");
+    for (i, eps) in changes.iter().enumerate() {
+        t.write_objects(&[echo.clone().endpoints(eps)]);
+        kxdp.wait_log("objects reloaded", reloads + i + 1, Duration::from_secs(10));
+        // At least 5 more lines (half a second) echoed on the new snapshot.
+        for (c, last) in clients.iter_mut().zip(&mut last) {
+            let want = *last + 5;
+            let line = c
+                .wait_line(
+                    |l| echoed(l).is_some_and(|n| n >= want),
+                    Duration::from_secs(5),
+                )
+                .unwrap_or_else(|e| panic!("after change {i} to {eps:?}: {e}"));
+            *last = echoed(&line).unwrap_or(0);
+        }
+    }
+    for (c, last) in clients.iter_mut().zip(&last) {
+        drop(c.stdin());
+        let (status, lines) = c.wait_exit(Duration::from_secs(5)).unwrap();
+        assert!(
+            status.success(),
+            "the connection broke ({status}): {:?} {}",
+            lines.last(),
+            c.stderr_text()
+        );
+        let done = lines.last().and_then(|l| l.strip_prefix("done "));
+        assert!(
+            done.and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= *last),
+            "{lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_large_tcp_transfer_through_vxlan_survives_pmtu() {
+    let name = "a_large_tcp_transfer_through_vxlan_survives_pmtu";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[10]);
+    let (sender, receiver) = (t.pod(1, 10), t.pod(2, 10));
+    // Pods and underlay both have MTU 1500; VXLAN needs 50 bytes, so full-size TCP
+    // segments (DF set, Linux's default) only fit once kxdp has answered
+    // "fragmentation needed" and the sender has lowered its path MTU.
+    assert!(t.link(&sender.ns, "eth0").contains("mtu 1500"));
+    assert!(t.link(&t.node1, netns::UPLINK).contains("mtu 1500"));
+    let mut sink = t.server(receiver, "sink", SINK_SERVER, 9000);
+    let _kxdp = t.start_kxdp(&t.write_objects(&[]));
+
+    const MIB: usize = 8;
+    let started = Instant::now();
+    let mut up = t.python(
+        &sender.ns,
+        "upload",
+        UPLOAD_CLIENT,
+        &[&receiver.ip.to_string(), "9000", &MIB.to_string()],
+    );
+    let (status, lines) = up.wait_exit(Duration::from_secs(20)).unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "upload failed ({status}): {lines:?}");
+    let bytes = MIB << 20;
+    assert_eq!(lines, [format!("acked {bytes}")], "{took:?}");
+    sink.wait_line(
+        |l| l == format!("received {bytes} from {}", sender.ip),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let route = t.exec(
+        &sender.ns,
+        &["ip", "route", "get", &receiver.ip.to_string()],
+    );
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("mtu 1450"),
+        "the sender should have learned the 1450-byte path MTU from kxdp: {route}"
+    );
+    eprintln!("{name}: {MIB} MiB in {took:?}");
+}
+
+/// The XDP attachment `ip -d link show` reports, if any.
+fn xdp_attachment(link: &str) -> Option<&str> {
+    link.split_whitespace()
+        .find(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
+}
+
+#[test]
+fn kxdp_detaches_from_every_interface_on_sigint_and_exits_zero() {
+    let name = "kxdp_detaches_from_every_interface_on_sigint_and_exits_zero";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11], &[]);
+    let kxdp = t.start_kxdp(&t.write_objects(&[]));
+    for dev in t.node1_ifaces() {
+        let link = t.link(&t.node1, &dev);
+        assert!(
+            xdp_attachment(&link).is_some(),
+            "kxdp runs but {dev} has no XDP program: {link}"
+        );
+    }
+    // Traffic through it, so there are frames in flight to account for.
+    let _s = t.server(t.pod(1, 11), "http", HTTP_SERVER, HTTP_PORT);
+    t.http_get(
+        &t.pod(1, 10).ns,
+        &format!("http://198.18.1.11:{HTTP_PORT}/"),
+    );
+
+    let (status, log) = kxdp.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "kxdp exit {status:?} after SIGINT:\n{log}"
+    );
+    assert!(log.contains("all frames accounted for"), "{log}");
+    for dev in t.node1_ifaces() {
+        let link = t.link(&t.node1, &dev);
+        assert_eq!(
+            xdp_attachment(&link),
+            None,
+            "{dev} still has XDP after exit: {link}"
+        );
+    }
+    // Nothing left behind swallows the pods' traffic: the node's kernel answers them.
+    let out = t.exec(&t.pod(1, 10).ns, &["ping", "-c1", "-W2", "169.254.1.1"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_masqueraded_to_the_node() {
+    let name = "a_pod_reaching_itself_through_its_service_is_masqueraded_to_the_node";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[]);
+    let pod = t.pod(1, 10);
+    let _http = t.server(pod, "http", HTTP_SERVER, HTTP_PORT);
+    let web = Service::tcp("web", [198, 19, 0, 16], 80, HTTP_PORT).endpoints(&[pod]);
+    let _kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
+
+    // Without masquerade the pod would answer itself directly, from its own address,
+    // and the connection to the ClusterIP would never complete (kube-proxy's hairpin
+    // masquerade does the same).
+    let r = t.http_get(&pod.ns, &web.cluster_url());
+    assert_eq!(r.backend, pod.ip, "{r:?}");
+    assert_eq!(*r.client.ip(), NODE1_SNAT_IP, "{r:?}");
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_connections_at_once() {
+    let name = "a_service_without_endpoints_refuses_connections_at_once";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[]);
+    let empty = Service::tcp("empty", [198, 19, 0, 17], 80, HTTP_PORT);
+    let _kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&empty)));
+
+    // kxdp answers ICMP port unreachable (kube-proxy's REJECT): curl fails with
+    // "couldn't connect" (exit 7) at once, not after its 5 s connect timeout.
+    let started = Instant::now();
+    let err = t
+        .curl(&t.pod(1, 10).ns, &[&empty.cluster_url()])
+        .expect_err("a Service without endpoints answered");
+    assert_eq!(err.code, Some(7), "{}", err.message);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refusal took {:?}: {}",
+        started.elapsed(),
+        err.message
+    );
+}
