@@ -161,6 +161,7 @@ impl PipelineArgs {
             },
             affinity_size: self.affinity_size,
             neighbour_size: pipeline::DEFAULT_NEIGHBOUR_SIZE,
+            ownership: None,
         }
     }
 }

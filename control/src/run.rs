@@ -9,12 +9,15 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
+use kxdp_dataplane::owners::FlowOwners;
+use kxdp_dataplane::pipeline::Ownership;
 use kxdp_dataplane::ports::{Port, PortRole, Ports};
 use kxdp_dataplane::snapshot::{Mac, Snapshot};
 use kxdp_dataplane::verdict::Counters;
-use kxdp_dataplane::worker::{Shared, Worker, WorkerConfig};
+use kxdp_dataplane::worker::{Fleet, Shared, Worker, WorkerConfig};
 use kxdp_dataplane::xsk::port::BindMode;
 use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
+use kxdp_dataplane::xsk::umem::FramePool;
 
 use crate::cli::{BindArg, RunArgs, XdpModeArg};
 use crate::endpoints;
@@ -62,7 +65,7 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("kxdp run needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK) to attach XDP and open AF_XDP sockets");
     }
-    if a.queues == 0 || a.queues > MAX_QUEUES {
+    if a.queues == 0 || a.queues > MAX_QUEUES.min(256) {
         bail!("--queues {} is out of range 1..={MAX_QUEUES}", a.queues);
     }
     if !a.ring_size.is_power_of_two() {
@@ -146,14 +149,23 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
     let shared_snapshot = Arc::new(ArcSwap::from_pointee(snap));
     let stop = Arc::new(AtomicBool::new(false));
     let pipeline_cfg = a.pipeline.config(Ports::new(ports));
+    // One UMEM for all workers, so a reply that lands on another worker's queue can
+    // be handed to the worker that owns its flow (see dataplane::owners).
+    let total_frames = a.frames.saturating_mul(a.queues);
+    let pools = FramePool::new(total_frames, a.ring_size)?.split(a.queues as usize);
+    let fleet = Arc::new(Fleet::new(a.queues as usize, total_frames as usize));
+    let owners = (a.queues > 1).then(|| {
+        Arc::new(FlowOwners::new(
+            a.pipeline.conntrack_size * a.queues as usize * 2,
+        ))
+    });
     let mut workers = Vec::new();
-    for q in 0..a.queues {
+    for (q, pool) in (0..a.queues).zip(pools) {
         let cfg = WorkerConfig {
             queue: q,
             core: a.cores.get(q as usize).copied(),
             batch_size: a.batch_size,
             ring_size: a.ring_size,
-            frames: a.frames,
             bind,
             busy_poll: a.busy_poll,
             gateway_ip: a.gateway_ip,
@@ -162,12 +174,21 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
             snapshot: shared_snapshot.clone(),
             stop: stop.clone(),
             counters: Arc::new(Mutex::new(Counters::default())),
+            fleet: fleet.clone(),
         };
+        let mut pcfg = pipeline_cfg.clone();
+        pcfg.ownership = owners.as_ref().map(|o| Ownership {
+            worker: q as u8,
+            owners: o.clone(),
+        });
+        let arp = Box::new(steering.arp_pending()?);
         let w = Worker::new(
+            q as usize,
             cfg,
-            pipeline_cfg.clone(),
+            pool,
+            pcfg,
             shared,
-            Box::new(steering.arp_pending()?),
+            arp,
             |port, queue, fd| steering.register_socket(port.0 as u32 * MAX_QUEUES + queue, fd),
         )?;
         workers.push(w);
@@ -231,18 +252,11 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
     // Steering off first: from here on the kernel gets everything (fail open).
     steering.set_enabled(false, vtep, vxlan_port)?;
     stop.store(true, Ordering::Relaxed);
-    let mut leaked = false;
+    let mut accounted = fleet.parked();
     let mut failed = false;
     for (q, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(count)) => {
-                if count.free + count.in_rings != count.total {
-                    tracing::error!(queue = q, ?count, "frames leaked");
-                    leaked = true;
-                } else {
-                    tracing::info!(queue = q, frames = count.total, "all frames accounted for");
-                }
-            }
+            Ok(Ok(count)) => accounted += count.free + count.in_rings,
             Ok(Err(e)) => {
                 tracing::error!(queue = q, "worker failed: {e}");
                 failed = true;
@@ -252,6 +266,12 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
                 failed = true;
             }
         }
+    }
+    let leaked = !failed && accounted != total_frames as usize;
+    if leaked {
+        tracing::error!(accounted, total = total_frames, "frames leaked");
+    } else if !failed {
+        tracing::info!(frames = total_frames, "all frames accounted for");
     }
     for h in http {
         let _ = h.join();

@@ -11,6 +11,7 @@ pub mod icmp;
 pub mod maglev;
 pub mod nat;
 pub mod neighbour;
+pub mod owners;
 pub mod packet;
 pub mod pipeline;
 pub mod ports;

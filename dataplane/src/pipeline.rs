@@ -20,6 +20,7 @@
 //! [`Pipeline::new`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use crate::affinity::AffinityTable;
 use crate::arp;
@@ -29,6 +30,7 @@ use crate::frame::Frame;
 use crate::icmp::{self, Quote};
 use crate::nat::{self, L4Csum};
 use crate::neighbour::{Neighbour, NeighbourTable};
+use crate::owners::{FlowOwners, WorkerId};
 use crate::packet::{self, Headers, ETH_LEN, L4, L4_AT};
 use crate::ports::{PortRole, Ports};
 use crate::resolve::{ResolveQueue, Via};
@@ -46,6 +48,21 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub affinity_size: usize,
     pub neighbour_size: usize,
+    /// Set when several workers share the node's flows (see [`crate::owners`]).
+    pub ownership: Option<Ownership>,
+}
+
+/// This pipeline's worker and the table all workers record flow ownership in.
+#[derive(Clone)]
+pub struct Ownership {
+    pub worker: WorkerId,
+    pub owners: Arc<FlowOwners>,
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ownership {{ worker: {} }}", self.worker)
+    }
 }
 
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -62,6 +79,7 @@ impl Config {
             timeouts: Timeouts::default(),
             affinity_size: DEFAULT_AFFINITY_SIZE,
             neighbour_size: DEFAULT_NEIGHBOUR_SIZE,
+            ownership: None,
         }
     }
 }
@@ -340,6 +358,9 @@ impl Pipeline {
             if let Some((id, dir)) = self.tracked(snap, now, &t) {
                 return self.translate(snap, now, f, h, t, id, dir, ing);
             }
+            if let Some(worker) = self.owned_elsewhere(&t) {
+                return Verdict::Handoff { worker };
+            }
         } else if let L4::Icmp { ty, .. } = h.l4 {
             if icmp::is_error(ty) {
                 if let Some(v) = self.icmp_error(snap, now, f, h, ing) {
@@ -392,6 +413,8 @@ impl Pipeline {
                 return self.translate(snap, now, f, h, t, id, dir, ing);
             }
             self.flows.remove(id);
+        } else if let Some(worker) = self.owned_elsewhere(&t) {
+            return Verdict::Handoff { worker };
         }
         let svc = snap.service(fe.service);
         let (table, backends) = svc.selection(fe.kind);
@@ -446,7 +469,13 @@ impl Pipeline {
             origin: ing.origin,
         };
         match self.flows.insert(t, reply, tcp, data, now) {
-            Ok(_) => self.counters.new_flows += 1,
+            Ok(_) => {
+                self.counters.new_flows += 1;
+                if let Some(o) = &self.cfg.ownership {
+                    o.owners.claim(&t, o.worker);
+                    o.owners.claim(&reply, o.worker);
+                }
+            }
             Err(InsertError::Full) => return Verdict::Drop(DropReason::ConntrackFull),
             Err(InsertError::Exists) => return Verdict::Drop(DropReason::FlowClash),
         }
@@ -457,6 +486,13 @@ impl Pipeline {
         let to = reply.reversed();
         nat::rewrite(&mut f.data_mut()[ETH_LEN..], &t, &to, ing.l4);
         self.route(snap, f, h, to.dst, ing, None, Hop::Forwarded)
+    }
+
+    /// Another worker owns the flow carrying `t` (this one does not track it).
+    #[inline]
+    fn owned_elsewhere(&self, t: &FiveTuple) -> Option<WorkerId> {
+        let o = self.cfg.ownership.as_ref()?;
+        o.owners.owner(t).filter(|&w| w != o.worker)
     }
 
     /// A source port on the node's SNAT address that no live flow uses towards this
@@ -522,7 +558,11 @@ impl Pipeline {
         let end = ETH_LEN + h.ip_len;
         let quoted = icmp::quoted_tuple(&f.data()[L4_AT..end])?;
         // The quoted packet went the other way: its reverse is this error's direction.
-        let (id, dir) = self.tracked(snap, now, &quoted.reversed())?;
+        let Some((id, dir)) = self.tracked(snap, now, &quoted.reversed()) else {
+            return self
+                .owned_elsewhere(&quoted.reversed())
+                .map(|worker| Verdict::Handoff { worker });
+        };
         let flow = self.flows.get(id);
         let (mine, other, origin) = match dir {
             Dir::Reply => (*flow.reply(), *flow.orig(), Some(flow.data.origin)),

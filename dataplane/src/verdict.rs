@@ -13,6 +13,10 @@ pub enum Verdict {
     },
     /// Hand the frame, untouched, to the kernel's stack.
     Pass,
+    /// Another worker owns this frame's flow: hand it the frame, untouched.
+    Handoff {
+        worker: u8,
+    },
     Drop(DropReason),
 }
 
@@ -80,6 +84,8 @@ pub struct Counters {
     pub new_flows: u64,
     /// Neighbours learned from ARP frames.
     pub arp_learned: u64,
+    /// Frames handed to the worker that owns their flow.
+    pub handoffs: u64,
 }
 
 impl Counters {
@@ -88,6 +94,7 @@ impl Counters {
         match v {
             Verdict::Tx { .. } => self.tx += 1,
             Verdict::Pass => self.pass += 1,
+            Verdict::Handoff { .. } => self.handoffs += 1,
             Verdict::Drop(r) => self.drops[r as usize] += 1,
         }
     }
@@ -114,6 +121,7 @@ impl Counters {
         self.decapsulated += o.decapsulated;
         self.new_flows += o.new_flows;
         self.arp_learned += o.arp_learned;
+        self.handoffs += o.handoffs;
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! The loop is the `quinn` to the pipeline's `quinn-proto`: it moves frames between
 //! rings and the sans-IO [`Pipeline`], picks up new snapshots between batches, sends
-//! the ARP requests the pipeline asks for, and sleeps on its sockets (mio) when idle
-//! unless told to busy-poll.
+//! the ARP requests the pipeline asks for, hands frames of flows another worker owns
+//! to that worker (all workers share one UMEM; see [`crate::owners`]), and sleeps on
+//! its sockets (mio) when idle unless told to busy-poll.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use xsk_rs::FrameDesc;
@@ -21,11 +23,11 @@ use crate::frame::{Frame, HEADROOM};
 use crate::pipeline::{Config as PipelineConfig, Pipeline};
 use crate::ports::PortRole;
 use crate::resolve::Via;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Mac, Snapshot};
 use crate::verdict::{Counters, PortId, Verdict};
 use crate::xsk::port::{BindError, BindMode, XskPort};
 use crate::xsk::steer::SteerError;
-use crate::xsk::umem::{FramePool, UmemError};
+use crate::xsk::umem::FramePool;
 
 /// Tunables of the worker loop (CLI flags).
 #[derive(Clone, Debug)]
@@ -34,7 +36,6 @@ pub struct WorkerConfig {
     pub core: Option<usize>,
     pub batch_size: usize,
     pub ring_size: u32,
-    pub frames: u32,
     pub bind: BindMode,
     pub busy_poll: bool,
     /// Source address of ARP requests on pod ports (the pods' gateway).
@@ -46,18 +47,46 @@ pub trait ArpSteer: Send {
     fn expect_reply(&self, ip: Ipv4Addr) -> Result<(), SteerError>;
 }
 
+/// A frame on its way to the worker that owns its flow.
+#[derive(Clone, Copy, Debug)]
+pub struct Handed {
+    pub desc: FrameDesc,
+    pub ingress: PortId,
+}
+
+/// What all workers of a node share besides the snapshot: handoff queues (one per
+/// worker) and spare frames (so that a worker that receives many handed frames gives
+/// the surplus back to one that hands many away).
+pub struct Fleet {
+    pub handoff: Vec<ArrayQueue<Handed>>,
+    pub spare: ArrayQueue<FrameDesc>,
+}
+
+impl Fleet {
+    pub fn new(workers: usize, frames: usize) -> Fleet {
+        Fleet {
+            handoff: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
+            spare: ArrayQueue::new(frames.max(1)),
+        }
+    }
+
+    /// Frames parked in the fleet's queues (for the frame count at exit).
+    pub fn parked(&self) -> usize {
+        self.spare.len() + self.handoff.iter().map(|q| q.len()).sum::<usize>()
+    }
+}
+
 /// What a worker shares with the control side.
 #[derive(Clone)]
 pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub stop: Arc<AtomicBool>,
     pub counters: Arc<Mutex<Counters>>,
+    pub fleet: Arc<Fleet>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error(transparent)]
-    Umem(#[from] UmemError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
@@ -66,51 +95,57 @@ pub enum WorkerError {
     Poll(#[from] std::io::Error),
 }
 
-/// Where every frame was when the worker stopped: they must add up to `total`.
+/// Where a worker's frames were when it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameCount {
-    pub total: usize,
     pub free: usize,
     pub in_rings: usize,
 }
 
 pub struct Worker {
+    id: usize,
     cfg: WorkerConfig,
     pool: FramePool,
     ports: Vec<XskPort>,
     pipeline: Pipeline,
     shared: Shared,
     arp: Box<dyn ArpSteer>,
+    /// Per-egress-port TX batches, reused every loop.
+    out: Vec<Vec<FrameDesc>>,
 }
 
 impl Worker {
-    /// Opens a socket on queue `cfg.queue` of every port; `register` puts each socket
-    /// in the steering program's map (port, fd).
+    /// Opens a socket on queue `cfg.queue` of every port, over `pool`'s UMEM;
+    /// `register` puts each socket in the steering program's map (port, queue, fd).
     pub fn new(
+        id: usize,
         cfg: WorkerConfig,
+        pool: FramePool,
         pipeline_cfg: PipelineConfig,
         shared: Shared,
         arp: Box<dyn ArpSteer>,
         mut register: impl FnMut(PortId, u32, i32) -> Result<(), SteerError>,
     ) -> Result<Worker, WorkerError> {
-        let pool = FramePool::new(cfg.frames, cfg.ring_size)?;
         let mut ports = Vec::new();
-        for (id, p) in pipeline_cfg.ports.iter() {
-            let port = XskPort::open(&pool, id, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
-            register(id, cfg.queue, port.fd())?;
+        for (pid, p) in pipeline_cfg.ports.iter() {
+            let port = XskPort::open(&pool, pid, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
+            register(pid, cfg.queue, port.fd())?;
             ports.push(port);
         }
+        let out = vec![Vec::with_capacity(cfg.batch_size.max(1) * 2); ports.len()];
         Ok(Worker {
+            id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
             pool,
             ports,
             shared,
             arp,
+            out,
         })
     }
 
-    /// Runs until the stop flag is set; returns where every frame ended up.
+    /// Runs until the stop flag is set; returns where its frames ended up.
     pub fn run(mut self) -> Result<FrameCount, WorkerError> {
         if let Some(core) = self.cfg.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
@@ -124,7 +159,6 @@ impl Worker {
         let batch = self.cfg.batch_size.max(1);
         let mut rx = vec![FrameDesc::default(); batch];
         let mut scratch = vec![FrameDesc::default(); self.cfg.ring_size as usize];
-        let mut out: Vec<Vec<FrameDesc>> = vec![Vec::with_capacity(batch * 2); self.ports.len()];
         let start = Instant::now();
         let mut generation = u64::MAX;
         let mut last_publish = Instant::now();
@@ -144,47 +178,40 @@ impl Worker {
             for i in 0..self.ports.len() {
                 let n = self.ports[i].receive(&mut rx);
                 work += n;
+                let ingress = self.ports[i].id;
                 for desc in rx[..n].iter_mut() {
-                    let ingress = self.ports[i].id;
-                    let len = desc.lengths().data();
-                    let (verdict, fstart, flen) = {
-                        // SAFETY: the frame was just received: it is ours and in no
-                        // ring; the view ends with this block.
-                        let buf = unsafe { self.pool.buffer(desc) };
-                        let mut frame = Frame::new(buf, HEADROOM, len, ingress);
-                        let v = self.pipeline.handle(&snap, now, &mut frame);
-                        (v, frame.start(), frame.len())
-                    };
-                    match verdict {
-                        Verdict::Tx { port } => {
-                            self.pool.commit(desc, fstart, flen);
-                            out[port.0 as usize].push(*desc);
-                        }
-                        // Nothing reaches kxdp that the kernel should have: the
-                        // steering program keeps it there. Recycle.
-                        Verdict::Pass | Verdict::Drop(_) => self.pool.free.push(*desc),
-                    }
+                    self.handle(&snap, now, desc, ingress, true);
                 }
             }
-            self.send_arp_requests(&snap, &mut out);
-            for (p, descs) in self.ports.iter_mut().zip(out.iter_mut()) {
+            // Frames other workers handed over: their flows are ours.
+            for _ in 0..batch {
+                let Some(mut h) = self.shared.fleet.handoff[self.id].pop() else {
+                    break;
+                };
+                work += 1;
+                self.handle(&snap, now, &mut h.desc, h.ingress, false);
+            }
+            self.send_arp_requests(&snap);
+            for (p, descs) in self.ports.iter_mut().zip(self.out.iter_mut()) {
                 if descs.is_empty() {
                     continue;
                 }
                 let sent = p.send(descs);
-                // A full TX ring drops the rest (counted by the kernel as tx ring full).
+                // A full TX ring drops the rest (the kernel counts tx ring full).
                 self.pool.free.extend_from_slice(&descs[sent..]);
                 descs.clear();
                 p.kick();
             }
+            self.balance_frames();
             self.pipeline.housekeeping(now, 64);
             if last_publish.elapsed() >= Duration::from_millis(100) {
                 self.publish();
                 last_publish = Instant::now();
             }
             if work == 0 && !self.cfg.busy_poll {
-                let waiting_tx = self.ports.iter().any(|p| p.in_tx > 0);
-                let timeout = if waiting_tx {
+                let waiting =
+                    self.ports.iter().any(|p| p.in_tx > 0) || self.shared.fleet.handoff.len() > 1;
+                let timeout = if waiting {
                     Duration::from_millis(1)
                 } else {
                     Duration::from_millis(50)
@@ -196,30 +223,90 @@ impl Worker {
         Ok(self.drain())
     }
 
+    /// One frame through the pipeline and to where its verdict sends it.
+    #[inline]
+    fn handle(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        desc: &mut FrameDesc,
+        ingress: PortId,
+        may_hand_off: bool,
+    ) {
+        let len = desc.lengths().data();
+        let (verdict, start, flen) = {
+            // SAFETY: the frame is ours (just received or handed over) and in no ring;
+            // the view ends with this block.
+            let buf = unsafe { self.pool.buffer(desc) };
+            let mut frame = Frame::new(buf, HEADROOM, len, ingress);
+            let v = self.pipeline.handle(snap, now, &mut frame);
+            (v, frame.start(), frame.len())
+        };
+        match verdict {
+            Verdict::Tx { port } => {
+                self.pool.commit(desc, start, flen);
+                self.out[port.0 as usize].push(*desc);
+            }
+            // The frame is untouched until the pipeline decides to hand it off, so
+            // the owner sees exactly what arrived.
+            Verdict::Handoff { worker } if may_hand_off => {
+                let handed = Handed {
+                    desc: *desc,
+                    ingress,
+                };
+                if self.shared.fleet.handoff[worker as usize]
+                    .push(handed)
+                    .is_err()
+                {
+                    self.pool.free.push(*desc);
+                }
+            }
+            // Nothing reaches kxdp that the kernel should have (the steering program
+            // keeps it there), and a handed frame is never handed on: recycle.
+            Verdict::Handoff { .. } | Verdict::Pass | Verdict::Drop(_) => {
+                self.pool.free.push(*desc)
+            }
+        }
+    }
+
+    /// Keeps this worker's free frames near its share: surplus goes to the fleet's
+    /// spares, a shortage is made up from them.
+    fn balance_frames(&mut self) {
+        let share = self.pool.total;
+        let spare = &self.shared.fleet.spare;
+        while self.pool.free.len() > share * 2 {
+            let Some(d) = self.pool.free.pop() else { break };
+            if let Err(d) = spare.push(d) {
+                self.pool.free.push(d);
+                break;
+            }
+        }
+        while self.pool.free.len() < share / 4 {
+            let Some(d) = spare.pop() else { break };
+            self.pool.free.push(d);
+        }
+    }
+
     /// Builds the ARP requests the pipeline queued into free frames.
-    fn send_arp_requests(&mut self, snap: &Snapshot, out: &mut [Vec<FrameDesc>]) {
-        let requests: Vec<_> = self.pipeline.resolve_requests().drain().collect();
-        for r in requests {
+    fn send_arp_requests(&mut self, snap: &Snapshot) {
+        let mut requests = [None; crate::resolve::QUEUE];
+        for (slot, r) in requests
+            .iter_mut()
+            .zip(self.pipeline.resolve_requests().drain())
+        {
+            *slot = Some(r);
+        }
+        for r in requests.into_iter().map_while(|r| r) {
             if self.arp.expect_reply(r.ip).is_err() {
                 continue;
             }
-            let cfg = self.pipeline.config();
-            let targets: Vec<(PortId, crate::snapshot::Mac, Ipv4Addr)> = cfg
-                .ports
-                .iter()
-                .filter(|(_, p)| match r.via {
-                    Via::PodPorts => p.role == PortRole::Pod,
-                    Via::Uplink => p.role == PortRole::Uplink,
-                })
-                .map(|(id, p)| {
-                    let sender = match p.role {
-                        PortRole::Pod => self.cfg.gateway_ip,
-                        PortRole::Uplink => snap.node.vtep_ip,
-                    };
-                    (id, p.mac, sender)
-                })
-                .collect();
-            for (port, mac, sender) in targets {
+            for (port, p) in self.pipeline.config().ports.iter() {
+                let sender = match (r.via, p.role) {
+                    (Via::PodPorts, PortRole::Pod) => self.cfg.gateway_ip,
+                    (Via::Uplink, PortRole::Uplink) => snap.node.vtep_ip,
+                    _ => continue,
+                };
+                let mac: Mac = p.mac;
                 let Some(mut desc) = self.pool.free.pop() else {
                     return;
                 };
@@ -227,7 +314,7 @@ impl Worker {
                 let buf = unsafe { self.pool.buffer(&mut desc) };
                 let n = arp::write_request(&mut buf[HEADROOM..], mac, sender, r.ip);
                 self.pool.commit(&mut desc, HEADROOM, n);
-                out[port.0 as usize].push(desc);
+                self.out[port.0 as usize].push(desc);
             }
         }
     }
@@ -238,7 +325,7 @@ impl Worker {
         }
     }
 
-    /// Waits briefly for in-flight transmissions and counts every frame.
+    /// Waits briefly for in-flight transmissions and counts the frames.
     fn drain(mut self) -> FrameCount {
         let mut scratch = vec![FrameDesc::default(); self.cfg.ring_size as usize];
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -249,7 +336,6 @@ impl Worker {
             }
         }
         FrameCount {
-            total: self.pool.total,
             free: self.pool.free.len(),
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),
         }

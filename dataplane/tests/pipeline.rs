@@ -867,3 +867,54 @@ fn proto_of_services_is_respected() {
     assert_eq!(v, Verdict::Pass);
     let _ = Proto::Tcp;
 }
+
+#[test]
+fn a_reply_on_another_worker_is_handed_to_the_worker_that_owns_the_flow() {
+    use kxdp_dataplane::owners::FlowOwners;
+    use kxdp_dataplane::pipeline::{Ownership, Pipeline};
+    use std::sync::Arc;
+    let owners = Arc::new(FlowOwners::new(4096));
+    let worker = |id: u8| {
+        let mut cfg = Config::new(ports(1500));
+        cfg.ownership = Some(Ownership {
+            worker: id,
+            owners: owners.clone(),
+        });
+        pipeline_with(cfg)
+    };
+    let (mut w0, mut w1): (Pipeline, Pipeline) = (worker(0), worker(1));
+    let snap = snapshot(1);
+    let (_, out) = run(
+        &mut w0,
+        &snap,
+        T0,
+        POD_C,
+        &tcp(C, 40000, VIP, 80, SYN).bytes(),
+    );
+    let backend = seen(&out).dst;
+    // The reply reaches worker 1, which has never seen the flow.
+    let reply = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
+    let (v, untouched) = run(&mut w1, &snap, T0, port_of(backend), &reply);
+    assert_eq!(v, Verdict::Handoff { worker: 0 });
+    assert_eq!(
+        untouched, reply,
+        "a handed-off frame is passed on as it arrived"
+    );
+    let (v, out) = run(&mut w0, &snap, T0, port_of(backend), &untouched);
+    assert_eq!(v, tx(POD_C));
+    assert_eq!(seen(&out).src, VIP);
+    // Traffic nobody owns is not handed anywhere.
+    let (v, _) = run(&mut w1, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes());
+    assert_eq!(v, tx(POD_B));
+    // The client's next packet landing on worker 1 goes to worker 0 too, instead of
+    // opening a second flow there.
+    let (v, _) = run(
+        &mut w1,
+        &snap,
+        T0,
+        POD_C,
+        &tcp(C, 40000, VIP, 80, ACK).bytes(),
+    );
+    assert_eq!(v, Verdict::Handoff { worker: 0 });
+    assert_eq!(w1.counters().new_flows, 0);
+}

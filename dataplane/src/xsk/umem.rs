@@ -25,6 +25,7 @@ pub enum UmemError {
 pub struct FramePool {
     pub umem: Umem,
     pub free: Vec<FrameDesc>,
+    /// Frames this pool started with (its share of the UMEM).
     pub total: usize,
 }
 
@@ -45,6 +46,25 @@ impl FramePool {
         })?;
         let total = free.len();
         Ok(FramePool { umem, free, total })
+    }
+
+    /// Splits the pool into `n` pools over the same UMEM, one per worker: frames
+    /// handed from one worker to another stay valid in every socket.
+    pub fn split(self, n: usize) -> Vec<FramePool> {
+        let n = n.max(1);
+        let share = self.free.len() / n;
+        let mut free = self.free;
+        (0..n)
+            .map(|i| {
+                let take = if i + 1 == n { free.len() } else { share };
+                let mine: Vec<FrameDesc> = free.drain(free.len() - take..).collect();
+                FramePool {
+                    umem: self.umem.clone(),
+                    total: mine.len(),
+                    free: mine,
+                }
+            })
+            .collect()
     }
 
     /// The frame `desc` points at as one buffer: the UMEM headroom segment followed
