@@ -1,0 +1,159 @@
+//! kxdp under test: `kxdp run` in the node's namespace, one worker pinned to one
+//! core, AF_XDP in copy mode (veth has no zero-copy), stopped with SIGINT (its clean
+//! shutdown detaches everything and checks that no frame leaked).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{check_interrupted, within};
+use crate::topology::{Topology, UPLINK};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Kxdp {
+    child: Option<Child>,
+    node: String,
+    log: PathBuf,
+}
+
+impl Kxdp {
+    pub fn start(bin: &Path, topo: &Topology, core: usize, extra: &[String]) -> Result<Kxdp> {
+        let log = topo.dir().join("kxdp.log");
+        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {log:?}"))?;
+        let core = core.to_string();
+        let mut args: Vec<&str> = vec!["netns", "exec", &topo.node];
+        let bin = bin.to_string_lossy();
+        let objects = topo.objects.to_string_lossy();
+        args.extend([
+            bin.as_ref(),
+            "run",
+            "--objects",
+            objects.as_ref(),
+            "--node-name",
+            "node1",
+            "--uplink",
+            UPLINK,
+            "--pod-iface",
+            &topo.client_host_if,
+            "--pod-iface",
+            &topo.backend_host_if,
+            "--cores",
+            &core,
+            "--queues",
+            "1",
+            "--xdp-mode",
+            "native",
+            "--bind",
+            "copy",
+        ]);
+        args.extend(extra.iter().map(String::as_str));
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start kxdp")?;
+        let mut k = Kxdp {
+            child: Some(child),
+            node: topo.node.clone(),
+            log,
+        };
+        k.wait_ready()?;
+        Ok(k)
+    }
+
+    /// `/proxyMode` answering `kxdp` on 127.0.0.1:10249 in the node means ready.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            check_interrupted()?;
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "kxdp exited ({status}) before it was ready:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if within(&self.node, || Ok(proxy_mode()))? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kxdp not ready after {READY_TIMEOUT:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops kxdp with SIGINT; its log, which ends with the frame accounting.
+    pub fn stop(mut self) -> Result<String> {
+        let status = self.interrupt()?;
+        let log = self.log_text();
+        if !status.success() {
+            bail!("kxdp exited with {status}:\n{log}");
+        }
+        Ok(log)
+    }
+
+    fn interrupt(&mut self) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("kxdp already stopped");
+        };
+        // SAFETY: signalling our own child by its pid (`ip netns exec` execs kxdp).
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("kxdp did not stop within {STOP_TIMEOUT:?} of SIGINT; killed ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kxdp {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Err(e) = self.interrupt() {
+                eprintln!("fwd-bench: {e:#}");
+            }
+        }
+    }
+}
+
+fn proxy_mode() -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &"127.0.0.1:10249".parse().expect("address"),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /proxyMode HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.ends_with("kxdp")
+}

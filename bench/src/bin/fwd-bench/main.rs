@@ -1,0 +1,242 @@
+//! fwd-bench: forwarded packets per second of 64-byte UDP frames of established
+//! Service flows (client pod -> ClusterIP, DNAT to a backend pod on the same node),
+//! through three paths one after another on the same topology:
+//!
+//! - kernel: IPv4 forwarding with kube-proxy's nftables rules (kernel.rs);
+//! - kxdp: `kxdp run`, one worker pinned to one core, AF_XDP copy mode (kxdp.rs);
+//! - xdp: an XDP program doing the same DNAT and MAC rewrite and redirecting between
+//!   the same veths, the ceiling for this path (bench/bpf/fwd.bpf.c).
+//!
+//! The load comes from an in-kernel generator in the client pod (generator.rs), the
+//! count from an XDP sink on the backend pod (bench/bpf/sink.bpf.c). Each path is
+//! measured saturated (the generator as fast as its core goes) and paced at a
+//! fraction of what it forwarded saturated, where it should lose nothing.
+//!
+//!   sudo ./scripts/bench            (or: sudo target/release/fwd-bench --help)
+
+mod bpf;
+mod generator;
+mod kernel;
+mod kxdp;
+mod netns;
+mod report;
+mod topology;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::bpf::{Sink, XdpForwarder};
+use crate::generator::Generator;
+use crate::kernel::KernelPath;
+use crate::kxdp::Kxdp;
+use crate::netns::{catch_interrupts, check_interrupted};
+use crate::report::{Counters, PathResult};
+use crate::topology::{Topology, POD_IF};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fwd-bench",
+    about = "Forwarding benchmark: kxdp vs kube-proxy-style nftables vs an XDP ceiling"
+)]
+struct Args {
+    /// The kxdp binary (default: `kxdp` next to this binary).
+    #[arg(long, value_name = "FILE")]
+    kxdp: Option<PathBuf>,
+    /// Paths to measure, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kernel,kxdp,kxdp-busy-poll,xdp"
+    )]
+    paths: Vec<FwdPath>,
+    /// Measurement window of each run, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    window: f64,
+    /// Load offered before each window (ARP, conntrack entries), in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Core the generator runs on (and with it the kernel's and XDP's forwarding,
+    /// which run in the sender's context).
+    #[arg(long, default_value_t = 0)]
+    gen_core: usize,
+    /// Core of kxdp's one worker (`kxdp run --cores`).
+    #[arg(long, default_value_t = 1)]
+    kxdp_core: usize,
+    /// Where the node receives the client's frames: `threaded` runs the NAPI of the
+    /// client's host-side veth in a kernel thread on the forwarding core (the kxdp
+    /// core), so every path gets that core for all its work and the generator has
+    /// its own; `inline` leaves it on the generator's core, sharing it.
+    /// (Threaded NAPI loses frames even at low rates on this VM: waking a thread on
+    /// another vCPU takes milliseconds, and the veth ring holds 256 frames.)
+    #[arg(long, value_enum, default_value_t = Napi::Inline)]
+    napi: Napi,
+    /// Distinct flows (source ports) the generator cycles through; a power of two.
+    #[arg(long, default_value_t = 64)]
+    flows: u16,
+    /// Offered load of the saturating run, frames/s (default: as fast as the
+    /// generator's core goes).
+    #[arg(long, value_name = "PPS")]
+    offered: Option<f64>,
+    /// The paced run offers this fraction of what the path forwarded saturated.
+    #[arg(long, default_value_t = 0.5)]
+    paced_load: f64,
+    /// Extra argument for `kxdp run` (repeatable), e.g. --kxdp-arg=--busy-poll.
+    #[arg(long = "kxdp-arg", value_name = "ARG", allow_hyphen_values = true)]
+    kxdp_args: Vec<String>,
+    /// Prefix of the namespaces' names (default: kfb<pid>).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Napi {
+    Threaded,
+    Inline,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FwdPath {
+    Kernel,
+    Kxdp,
+    /// kxdp with `--busy-poll`: the worker spins instead of sleeping in poll().
+    KxdpBusyPoll,
+    Xdp,
+}
+
+impl FwdPath {
+    fn label(self) -> &'static str {
+        match self {
+            FwdPath::Kernel => "kernel (nftables)",
+            FwdPath::Kxdp => "kxdp (AF_XDP copy)",
+            FwdPath::KxdpBusyPoll => "kxdp --busy-poll",
+            FwdPath::Xdp => "xdp (in-kernel)",
+        }
+    }
+}
+
+/// Whatever makes a path forward; undone on drop.
+enum Active {
+    Kernel(#[allow(dead_code)] KernelPath),
+    Kxdp(Kxdp),
+    Xdp(#[allow(dead_code)] XdpForwarder),
+}
+
+fn main() {
+    catch_interrupts();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("fwd-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    // SAFETY: plain libc getter.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("fwd-bench needs root (network namespaces, XDP, AF_XDP): run it with sudo");
+    }
+    let kxdp_bin = match &args.kxdp {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of the current executable")?
+            .join("kxdp"),
+    };
+    let runs_kxdp = args
+        .paths
+        .iter()
+        .any(|p| matches!(p, FwdPath::Kxdp | FwdPath::KxdpBusyPoll));
+    if runs_kxdp && !kxdp_bin.exists() {
+        bail!("{kxdp_bin:?} not found: cargo build --release -p kxdp-control, or --kxdp FILE");
+    }
+    let window = Duration::from_secs_f64(args.window);
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("kfb{}", std::process::id()));
+
+    let topo = Topology::build(&prefix)?;
+    let sink = Sink::attach(&topo)?;
+    let mut gen = Generator::new(&topo, args.flows, args.gen_core)?;
+    println!(
+        "fwd-bench: {} flows of 64-byte UDP {}:{} (ClusterIP) -> {}:{} (backend pod), \
+         generator on core {}, kxdp worker on core {};\n{:.0} s windows after {:.0} s warm-up",
+        args.flows,
+        topology::CLUSTER_IP,
+        topology::SERVICE_PORT,
+        topology::BACKEND_IP,
+        topology::TARGET_PORT,
+        args.gen_core,
+        args.kxdp_core,
+        args.window,
+        args.warmup,
+    );
+    println!(
+        "namespaces: {prefix}-{{node1,client,backend,underlay}}; the node's receive NAPI: {}",
+        match args.napi {
+            Napi::Threaded => format!("threaded, on core {}", args.kxdp_core),
+            Napi::Inline => format!("inline, on the generator's core {}", args.gen_core),
+        }
+    );
+
+    let mut results = Vec::new();
+    for &path in &args.paths {
+        check_interrupted()?;
+        println!("\n== {}", path.label());
+        let active = match path {
+            FwdPath::Kernel => Active::Kernel(KernelPath::enable(&topo)?),
+            FwdPath::Kxdp | FwdPath::KxdpBusyPoll => {
+                let mut extra = args.kxdp_args.clone();
+                if path == FwdPath::KxdpBusyPoll && !extra.iter().any(|a| a == "--busy-poll") {
+                    extra.push("--busy-poll".into());
+                }
+                Active::Kxdp(Kxdp::start(&kxdp_bin, &topo, args.kxdp_core, &extra)?)
+            }
+            FwdPath::Xdp => Active::Xdp(XdpForwarder::attach(&topo)?),
+        };
+        if args.napi == Napi::Threaded {
+            topo.thread_client_napi(args.kxdp_core)?;
+        }
+        let saturated = gen.run(&sink, warmup, window, args.offered)?;
+        check_interrupted()?;
+        report::print_window("saturated", &saturated);
+        let rate = (saturated.forwarded_pps() * args.paced_load).max(1000.0);
+        let before = Counters::read(&topo, &counted_interfaces(&topo))?;
+        let paced = gen.run(&sink, warmup, window, Some(rate))?;
+        let after = Counters::read(&topo, &counted_interfaces(&topo))?;
+        check_interrupted()?;
+        report::print_window("paced", &paced);
+        println!("   interface counters over the paced run (warm-up included):");
+        report::print_deltas(&before, &after);
+        if let Active::Kxdp(k) = active {
+            let log = k.stop()?;
+            for l in log.lines().filter(|l| l.contains("frames")) {
+                println!("   kxdp: {}", report::plain(l).trim());
+            }
+        }
+        results.push(PathResult {
+            label: path.label(),
+            kernel: path == FwdPath::Kernel,
+            xdp: path == FwdPath::Xdp,
+            saturated,
+            paced,
+        });
+    }
+    println!();
+    report::print_table(&results);
+    Ok(())
+}
+
+/// (namespace, interface) pairs whose `ethtool -S` counters locate lost frames.
+fn counted_interfaces(topo: &Topology) -> Vec<(String, String)> {
+    vec![
+        (topo.client.clone(), POD_IF.into()),
+        (topo.node.clone(), topo.client_host_if.clone()),
+        (topo.node.clone(), topo.backend_host_if.clone()),
+        (topo.backend.clone(), POD_IF.into()),
+    ]
+}
