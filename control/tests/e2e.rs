@@ -479,3 +479,61 @@ fn a_service_without_endpoints_refuses_connections_at_once() {
         err.message
     );
 }
+
+#[test]
+fn replies_landing_on_another_workers_queue_are_still_translated() {
+    let name = "replies_landing_on_another_workers_queue_are_still_translated";
+    if !available(name) {
+        return;
+    }
+    // Two queues on every node1 veth and two kxdp workers: a pod picks its TX queue
+    // by flow hash, so a request and its reply (different sockets, different
+    // hashes) land on either worker about half the time each.
+    let t = Topology::with_queues(name, &[10, 11, 12], &[10], 2);
+    let client = t.pod(1, 10);
+    let backends = [t.pod(1, 11), t.pod(1, 12), t.pod(2, 10)];
+    let _servers: Vec<_> = backends
+        .iter()
+        .map(|b| t.server(b, "http", HTTP_SERVER, HTTP_PORT))
+        .collect();
+    let web = Service::tcp("web", [198, 19, 0, 13], 80, HTTP_PORT).endpoints(&backends);
+    let kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
+    const N: usize = 60;
+    let url = format!("http://{}:{}/[1-{N}]", web.cluster_ip, web.port);
+    let body = t
+        .curl_within(
+            &client.ns,
+            &["--max-time", "5", &url],
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, kxdp.log()));
+    let replies = Reply::parse_all(&body);
+    assert_eq!(replies.len(), N, "{body}");
+    for r in replies {
+        let r = r.unwrap_or_else(|| panic!("bad reply in {body:?}"));
+        assert_eq!(*r.client.ip(), client.ip, "{r:?}");
+    }
+    // Success alone could hide lost replies behind retransmissions (a retried SYN may
+    // happen to land on the right queue): without handoff about half the handshakes
+    // needed one. With it, none should.
+    let retrans = |ns: &str, counter: &str| -> u64 {
+        let out = t.exec(ns, &["nstat", "-az", counter]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(counter)
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let syn = retrans(&client.ns, "TcpExtTCPSynRetrans");
+    let synack: u64 = backends
+        .iter()
+        .map(|b| retrans(&b.ns, "TcpRetransSegs"))
+        .sum();
+    assert!(
+        syn + synack < 5,
+        "{syn} SYN and {synack} server retransmissions for {N} connections: replies were lost\n{}",
+        kxdp.log()
+    );
+}

@@ -68,10 +68,13 @@ impl NeighbourTable {
             .map(|s| s.n)
     }
 
-    /// Records that `ip` is reachable as `n`, learned at `now`.
+    /// Records that `ip` is reachable as `n`, learned at `now`. True when that is
+    /// news (the address was unknown or has moved), not just a refresh.
     #[inline]
-    pub fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
+    pub fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) -> bool {
+        let news = self.get(ip) != Some(n);
         self.put(ip, n, now, false);
+        news && self.get(ip) == Some(n)
     }
 
     /// A static entry (configuration): learning never overrides it.

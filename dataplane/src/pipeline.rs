@@ -94,6 +94,9 @@ pub struct FlowData {
     pub origin: Neighbour,
 }
 
+/// Neighbour news kept between two drains.
+const NEWS: usize = 32;
+
 /// How many source ports to try before giving up on masquerading a new flow.
 const SNAT_TRIES: u64 = 16;
 /// Lowest source port handed out when the client's own port is taken.
@@ -126,6 +129,11 @@ pub struct Pipeline {
     affinity: AffinityTable,
     neighbours: NeighbourTable,
     resolve: ResolveQueue,
+    /// Neighbours this pipeline learned that are news, for the worker to tell the
+    /// other workers (their queues see other frames); bounded, extra news is dropped
+    /// and learned again from later frames.
+    news: [Option<(Ipv4Addr, Neighbour)>; NEWS],
+    news_len: usize,
     counters: Counters,
     ip_ident: u16,
     /// The time of the frame being handled (handed in by the caller).
@@ -139,6 +147,8 @@ impl Pipeline {
             affinity: AffinityTable::new(cfg.affinity_size),
             neighbours: NeighbourTable::new(cfg.neighbour_size),
             resolve: ResolveQueue::default(),
+            news: [None; NEWS],
+            news_len: 0,
             now: Nanos(0),
             counters: Counters::default(),
             ip_ident: 0,
@@ -180,6 +190,19 @@ impl Pipeline {
     /// Static neighbours (configuration) and inspection.
     pub fn neighbours_mut(&mut self) -> &mut NeighbourTable {
         &mut self.neighbours
+    }
+
+    fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
+        if self.neighbours.learn(ip, n, now) && self.news_len < NEWS {
+            self.news[self.news_len] = Some((ip, n));
+            self.news_len += 1;
+        }
+    }
+
+    /// Neighbours learned since the last call that were news.
+    pub fn neighbour_news(&mut self) -> impl Iterator<Item = (Ipv4Addr, Neighbour)> + '_ {
+        let n = std::mem::take(&mut self.news_len);
+        self.news[..n].iter_mut().filter_map(Option::take)
     }
 
     /// Next hops to ARP for, queued by the frames that needed them.
@@ -268,7 +291,7 @@ impl Pipeline {
             }
             PortRole::Pod => {
                 if snap.route(h.src) == Route::LocalPod {
-                    self.neighbours.learn(h.src, ing.origin, now);
+                    self.learn(h.src, ing.origin, now);
                 }
                 self.forward(snap, now, f, &h, ing)
             }
@@ -286,7 +309,7 @@ impl Pipeline {
         };
         if relevant {
             let port = f.ingress;
-            self.neighbours.learn(ip, Neighbour { port, mac }, now);
+            self.learn(ip, Neighbour { port, mac }, now);
             self.counters.arp_learned += 1;
         }
     }
@@ -321,7 +344,7 @@ impl Pipeline {
             mac: src_mac(f.data()),
         };
         // The VTEP's underlay MAC is where encapsulated replies go.
-        self.neighbours.learn(outer.src, origin, now);
+        self.learn(outer.src, origin, now);
         f.pull_front(vxlan::OVERHEAD);
         f.set_len(inner_len);
         self.counters.decapsulated += 1;

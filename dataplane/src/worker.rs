@@ -20,6 +20,7 @@ use xsk_rs::FrameDesc;
 use crate::arp;
 use crate::flow::Nanos;
 use crate::frame::{Frame, HEADROOM};
+use crate::neighbour::Neighbour;
 use crate::pipeline::{Config as PipelineConfig, Pipeline};
 use crate::ports::PortRole;
 use crate::resolve::Via;
@@ -28,6 +29,9 @@ use crate::verdict::{Counters, PortId, Verdict};
 use crate::xsk::port::{BindError, BindMode, XskPort};
 use crate::xsk::steer::SteerError;
 use crate::xsk::umem::FramePool;
+
+/// How often a worker sweeps expired flows and publishes its counters.
+const CHORES_EVERY: Nanos = Nanos(10_000_000);
 
 /// Tunables of the worker loop (CLI flags).
 #[derive(Clone, Debug)]
@@ -60,6 +64,9 @@ pub struct Handed {
 pub struct Fleet {
     pub handoff: Vec<ArrayQueue<Handed>>,
     pub spare: ArrayQueue<FrameDesc>,
+    /// Neighbours one worker learned, for each of the others (a reply to the ARP
+    /// request one worker sent may arrive on another's queue).
+    pub neighbours: Vec<ArrayQueue<(Ipv4Addr, Neighbour)>>,
 }
 
 impl Fleet {
@@ -67,6 +74,7 @@ impl Fleet {
         Fleet {
             handoff: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
             spare: ArrayQueue::new(frames.max(1)),
+            neighbours: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
         }
     }
 
@@ -161,7 +169,9 @@ impl Worker {
         let mut scratch = vec![FrameDesc::default(); self.cfg.ring_size as usize];
         let start = Instant::now();
         let mut generation = u64::MAX;
-        let mut last_publish = Instant::now();
+        // Housekeeping and publishing counters run every few milliseconds, not every
+        // loop: a busy-polling worker would otherwise spend its time there.
+        let mut next_chores = Nanos(0);
         let per_port_fill = (self.pool.total / (self.ports.len() * 2)).max(1);
         while !self.shared.stop.load(Ordering::Relaxed) {
             let snap = self.shared.snapshot.load_full();
@@ -191,6 +201,7 @@ impl Worker {
                 work += 1;
                 self.handle(&snap, now, &mut h.desc, h.ingress, false);
             }
+            self.share_neighbours(now);
             self.send_arp_requests(&snap);
             for (p, descs) in self.ports.iter_mut().zip(self.out.iter_mut()) {
                 if descs.is_empty() {
@@ -203,10 +214,10 @@ impl Worker {
                 p.kick();
             }
             self.balance_frames();
-            self.pipeline.housekeeping(now, 64);
-            if last_publish.elapsed() >= Duration::from_millis(100) {
+            if now >= next_chores {
+                self.pipeline.housekeeping(now, 1024);
                 self.publish();
-                last_publish = Instant::now();
+                next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }
             if work == 0 && !self.cfg.busy_poll {
                 let waiting =
@@ -266,6 +277,25 @@ impl Worker {
             Verdict::Handoff { .. } | Verdict::Pass | Verdict::Drop(_) => {
                 self.pool.free.push(*desc)
             }
+        }
+    }
+
+    /// Tells the other workers what this one learned, and learns what they did.
+    fn share_neighbours(&mut self, now: Nanos) {
+        let fleet = self.shared.fleet.clone();
+        if fleet.neighbours.len() > 1 {
+            for (ip, n) in self.pipeline.neighbour_news() {
+                for (w, q) in fleet.neighbours.iter().enumerate() {
+                    if w != self.id {
+                        let _ = q.push((ip, n));
+                    }
+                }
+            }
+        } else {
+            self.pipeline.neighbour_news().for_each(drop);
+        }
+        while let Some((ip, n)) = fleet.neighbours[self.id].pop() {
+            self.pipeline.neighbours_mut().learn(ip, n, now);
         }
     }
 

@@ -223,10 +223,18 @@ pub struct Topology {
     pub dir: PathBuf,
     /// Every namespace created so far, deleted on drop.
     namespaces: Vec<String>,
+    /// Queues of node1's veths (and kxdp's `--queues`).
+    pub queues: u32,
 }
 
 impl Topology {
     pub fn new(test: &str, node1_pods: &[u8], node2_pods: &[u8]) -> Topology {
+        Topology::with_queues(test, node1_pods, node2_pods, 1)
+    }
+
+    /// A topology whose node1 veths have `queues` queues each, so that a flow's
+    /// request and reply can arrive on different queues (different kxdp workers).
+    pub fn with_queues(test: &str, node1_pods: &[u8], node2_pods: &[u8], queues: u32) -> Topology {
         SWEEP.call_once(sweep_stale);
         let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed);
         let id = format!("{PREFIX}-{}-{n}", std::process::id());
@@ -242,7 +250,9 @@ impl Topology {
             pods: Vec::new(),
             dir,
             namespaces: Vec::new(),
+            queues,
         };
+        let mq = format!("numtxqueues {queues} numrxqueues {queues}");
         let pods = node1_pods
             .iter()
             .map(|&h| (1u8, h))
@@ -281,8 +291,9 @@ impl Topology {
             (&cl, "clu", "u3", CLIENT_IP),
         ];
         for (host, dev, port, addr) in uplinks {
+            let q = if host == &n1 { mq.as_str() } else { "" };
             ip(&format!(
-                "-n {host} link add {dev} type veth peer name {port} netns {ul}"
+                "-n {host} link add {dev} {q} type veth peer name {port} {q} netns {ul}"
             ));
             ip(&format!("-n {ul} link set {port} master br0 up"));
             ip(&format!("-n {host} addr add {addr}/24 dev {dev}"));
@@ -296,8 +307,9 @@ impl Topology {
         for p in &t.pods {
             let node = if p.node == 1 { &n1 } else { &n2 };
             let (pod, host_if, addr) = (&p.ns, &p.host_if, p.ip);
+            let q = if p.node == 1 { mq.as_str() } else { "" };
             ip(&format!(
-                "-n {node} link add {host_if} type veth peer name eth0 netns {pod}"
+                "-n {node} link add {host_if} {q} type veth peer name eth0 {q} netns {pod}"
             ));
             ip(&format!("-n {pod} addr add {addr}/32 dev eth0"));
             ip(&format!("-n {pod} link set eth0 up"));
@@ -439,6 +451,11 @@ impl Topology {
         for p in self.pods.iter().filter(|p| p.node == 1) {
             argv.push("--pod-iface");
             argv.push(&p.host_if);
+        }
+        let queues = self.queues.to_string();
+        if self.queues > 1 {
+            argv.push("--queues");
+            argv.push(&queues);
         }
         let mut k = Kxdp {
             proc: Proc::start(self, &self.node1, "kxdp", &argv, libc::SIGINT),
