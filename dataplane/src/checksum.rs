@@ -51,6 +51,14 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(accumulate(0, data))
 }
 
+/// Whether a 20-byte IPv4 header's checksum verifies: five 32-bit words summed and
+/// folded, the common case of [`checksum`] without its loop.
+#[inline]
+pub fn ipv4_header_ok(h: &[u8]) -> bool {
+    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
+}
+
 /// Sum of the IPv4 pseudo-header for TCP/UDP (RFC 793 section 3.1, RFC 768).
 #[inline]
 pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: u16) -> u64 {
@@ -108,6 +116,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ipv4_header_check_agrees_with_the_general_checksum(h in any::<[u8; 20]>()) {
+            prop_assert_eq!(ipv4_header_ok(&h), checksum(&h) == 0);
+        }
+
         #[test]
         fn checksum_matches_rfc1071_reference(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             prop_assert_eq!(checksum(&data), reference(&data));

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::checksum::{self, update16, update32};
+use crate::checksum::{self, fold, update16, update32};
 use crate::flow::{FiveTuple, Proto};
 use crate::packet::{ETH_LEN, IPV4_LEN, L4_AT, TCP_CSUM_AT, UDP_CSUM_AT};
 
@@ -44,18 +44,15 @@ fn l4_csum_at(proto: Proto) -> (usize, bool) {
 /// header (so this also serves packets quoted inside ICMP errors, whose L4 header may
 /// be cut short: a missing L4 checksum is then left alone).
 pub fn rewrite(ip: &mut [u8], from: &FiveTuple, to: &FiveTuple, mode: L4Csum) {
+    // RFC 1624 eqn. 3 for every changed word, summed first and folded once:
+    // HC' = ~(~HC + sum(~m) + sum(m')).
     let (src0, dst0) = (u32::from(from.src), u32::from(from.dst));
     let (src1, dst1) = (u32::from(to.src), u32::from(to.dst));
-    let mut ipc = get16(ip, 10);
-    if src0 != src1 {
-        ipc = update32(ipc, src0, src1);
-        ip[12..16].copy_from_slice(&to.src.octets());
-    }
-    if dst0 != dst1 {
-        ipc = update32(ipc, dst0, dst1);
-        ip[16..20].copy_from_slice(&to.dst.octets());
-    }
+    let addr_delta = word_delta(src0, src1) + word_delta(dst0, dst1);
+    let ipc = !fold((!get16(ip, 10)) as u64 + addr_delta);
     put16(ip, 10, ipc);
+    ip[12..16].copy_from_slice(&to.src.octets());
+    ip[16..20].copy_from_slice(&to.dst.octets());
 
     let l4 = IPV4_LEN;
     if ip.len() >= l4 + 4 {
@@ -66,18 +63,26 @@ pub fn rewrite(ip: &mut [u8], from: &FiveTuple, to: &FiveTuple, mode: L4Csum) {
     if mode == L4Csum::Later || ip.len() < l4 + at + 2 {
         return;
     }
-    let mut c = get16(ip, l4 + at);
+    let c = get16(ip, l4 + at);
     if zero_is_none && c == 0 {
         return; // IPv4 UDP without a checksum stays without one.
     }
-    c = update32(c, src0, src1);
-    c = update32(c, dst0, dst1);
-    c = update16(c, from.sport, to.sport);
-    c = update16(c, from.dport, to.dport);
+    let port_delta =
+        (!from.sport) as u64 + to.sport as u64 + (!from.dport) as u64 + to.dport as u64;
+    let mut c = !fold((!c) as u64 + addr_delta + port_delta);
     if zero_is_none && c == 0 {
         c = 0xffff; // a computed zero is sent as all ones (RFC 768)
     }
     put16(ip, l4 + at, c);
+}
+
+/// `~m + m'` for both 16-bit halves of a 32-bit field (RFC 1624's update terms).
+#[inline]
+fn word_delta(old: u32, new: u32) -> u64 {
+    (!(old >> 16) & 0xffff) as u64
+        + (!old & 0xffff) as u64
+        + (new >> 16) as u64
+        + (new & 0xffff) as u64
 }
 
 /// Recomputes the L4 checksum of the frame's TCP or UDP segment in full. A UDP

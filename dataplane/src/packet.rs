@@ -109,7 +109,7 @@ pub fn parse(frame: &[u8]) -> Result<Option<Headers>, DropReason> {
     if ip_len > ip_bytes.len() {
         return Err(DropReason::Truncated);
     }
-    if checksum::checksum(&ip_bytes[..IPV4_LEN]) != 0 {
+    if !checksum::ipv4_header_ok(&ip_bytes[..IPV4_LEN]) {
         return Err(DropReason::BadIpChecksum);
     }
     if ip.more_frags() || ip.frag_offset() != 0 {
