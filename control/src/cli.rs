@@ -85,7 +85,7 @@ pub struct RunArgs {
     /// The pods' default gateway (kxdp's ARP requests to pods come from it).
     #[arg(long, default_value = "169.254.1.1")]
     pub gateway_ip: std::net::Ipv4Addr,
-    /// Where /proxyMode (and, next, /metrics) are served.
+    /// Where /proxyMode and /metrics (Prometheus text) are served.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: std::net::SocketAddr,
     /// Where /healthz and /livez are served.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod endpoints;
+pub mod metrics;
 pub mod objects;
 pub mod replay;
 pub mod run;

@@ -13,14 +13,14 @@ use kxdp_dataplane::owners::FlowOwners;
 use kxdp_dataplane::pipeline::Ownership;
 use kxdp_dataplane::ports::{Port, PortRole, Ports};
 use kxdp_dataplane::snapshot::{Mac, Snapshot};
-use kxdp_dataplane::verdict::Counters;
-use kxdp_dataplane::worker::{Fleet, Shared, Worker, WorkerConfig};
+use kxdp_dataplane::worker::{Fleet, Shared, Worker, WorkerConfig, WorkerStatus};
 use kxdp_dataplane::xsk::port::BindMode;
 use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
 use kxdp_dataplane::xsk::umem::FramePool;
 
 use crate::cli::{BindArg, RunArgs, XdpModeArg};
-use crate::endpoints;
+use crate::endpoints::{self, State};
+use crate::metrics::{self, DataplaneMetrics};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -160,6 +160,7 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
         ))
     });
     let mut workers = Vec::new();
+    let mut statuses = Vec::new();
     for (q, pool) in (0..a.queues).zip(pools) {
         let cfg = WorkerConfig {
             queue: q,
@@ -170,10 +171,12 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
             busy_poll: a.busy_poll,
             gateway_ip: a.gateway_ip,
         };
+        let status = Arc::new(Mutex::new(WorkerStatus::default()));
+        statuses.push(status.clone());
         let shared = Shared {
             snapshot: shared_snapshot.clone(),
             stop: stop.clone(),
-            counters: Arc::new(Mutex::new(Counters::default())),
+            status,
             fleet: fleet.clone(),
         };
         let mut pcfg = pipeline_cfg.clone();
@@ -200,10 +203,19 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
-    let started = SystemTime::now();
+    let generation_published = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let state = Arc::new(State {
+        registry: metrics::registry(DataplaneMetrics {
+            workers: statuses.clone(),
+            generation: generation_published.clone(),
+        }),
+        workers: statuses,
+        generation: generation_published.clone(),
+        published_at: Mutex::new(SystemTime::now()),
+    });
     let http = [
-        endpoints::serve(a.metrics_bind_address, stop.clone(), started)?,
-        endpoints::serve(a.healthz_bind_address, stop.clone(), started)?,
+        endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
+        endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
     ];
     let handles: Vec<_> = workers
         .into_iter()
@@ -240,6 +252,10 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
                     generation += 1;
                     steering.sync(&snap)?;
                     shared_snapshot.store(Arc::new(snap));
+                    generation_published.store(generation, Ordering::Relaxed);
+                    if let Ok(mut t) = state.published_at.lock() {
+                        *t = SystemTime::now();
+                    }
                     tracing::info!(generation, "objects reloaded");
                 }
                 Err(e) => {

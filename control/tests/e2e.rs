@@ -73,6 +73,37 @@ fn pod_to_cluster_ip_reaches_a_local_backend_and_replies_come_from_the_cluster_i
     // UDP: an unconnected socket shows where each reply really came from.
     let svc = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 53), 53);
     udp_round_trips(&t, &client.ns, svc, client.ip, 3);
+
+    // The metrics show the two new flows (workers publish every 10 ms).
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = t
+            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        if metrics.contains("kxdp_new_flows_total{worker=\"0\"} 2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        metrics.contains("kxdp_new_flows_total{worker=\"0\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"conntrack_full\""), "{metrics}");
+    let healthz = t
+        .curl(
+            &t.node1,
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:10256/healthz",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(healthz, "200");
 }
 
 #[test]

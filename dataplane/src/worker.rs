@@ -84,12 +84,22 @@ impl Fleet {
     }
 }
 
+/// What a worker reports, published every few milliseconds (never per packet).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStatus {
+    pub counters: Counters,
+    /// Flows in this worker's conntrack table.
+    pub flows: u64,
+    /// Generation of the snapshot this worker forwards with.
+    pub generation: u64,
+}
+
 /// What a worker shares with the control side.
 #[derive(Clone)]
 pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub stop: Arc<AtomicBool>,
-    pub counters: Arc<Mutex<Counters>>,
+    pub status: Arc<Mutex<WorkerStatus>>,
     pub fleet: Arc<Fleet>,
 }
 
@@ -179,6 +189,7 @@ impl Worker {
             if snap.generation != generation {
                 generation = snap.generation;
                 self.pipeline.prefetch_neighbours(&snap, now);
+                self.publish(generation);
             }
             let mut work = 0;
             for p in self.ports.iter_mut() {
@@ -216,7 +227,7 @@ impl Worker {
             self.balance_frames();
             if now >= next_chores {
                 self.pipeline.housekeeping(now, 1024);
-                self.publish();
+                self.publish(generation);
                 next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }
             if work == 0 && !self.cfg.busy_poll {
@@ -230,7 +241,7 @@ impl Worker {
                 poll.poll(&mut events, Some(timeout))?;
             }
         }
-        self.publish();
+        self.publish(generation);
         Ok(self.drain())
     }
 
@@ -349,9 +360,11 @@ impl Worker {
         }
     }
 
-    fn publish(&self) {
-        if let Ok(mut c) = self.shared.counters.lock() {
-            *c = self.pipeline.counters().clone();
+    fn publish(&self, generation: u64) {
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.counters = self.pipeline.counters().clone();
+            s.flows = self.pipeline.flows().len() as u64;
+            s.generation = generation;
         }
     }
 
