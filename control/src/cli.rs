@@ -95,9 +95,32 @@ pub struct RunArgs {
     pub pipeline: PipelineArgs,
 }
 
-/// Where the Kubernetes objects come from and which node this is.
+/// Where `kxdp run` gets the Kubernetes objects and which node this is: a file, or a
+/// watch of the API server through a kubeconfig or, with neither flag, the in-cluster
+/// config (the Pod's service account), as kube-proxy does.
 #[derive(Args, Debug, Clone)]
 pub struct ObjectsArgs {
+    /// Services, EndpointSlices and Nodes as multi-document YAML (what
+    /// `kubectl get svc,endpointslices,nodes -A -o yaml` prints), reloaded on change
+    /// and on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
+    pub objects: Option<PathBuf>,
+    /// Watch Services, EndpointSlices and Nodes on the API server this kubeconfig
+    /// names (its current context). Without --objects or --kubeconfig: in-cluster config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: its Node object gives the pod CIDR and VTEP.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: String,
+    /// Least time between two snapshot rebuilds: object changes that arrive within it
+    /// are applied together (kube-proxy's --min-sync-period).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+}
+
+/// The objects `kxdp replay` translates, always from a file.
+#[derive(Args, Debug, Clone)]
+pub struct ReplayObjectsArgs {
     /// Services, EndpointSlices and Nodes as multi-document YAML (what
     /// `kubectl get svc,endpointslices,nodes -A -o yaml` prints).
     #[arg(long, value_name = "FILE")]
@@ -169,7 +192,7 @@ impl PipelineArgs {
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     #[command(flatten)]
-    pub objects: ObjectsArgs,
+    pub objects: ReplayObjectsArgs,
     /// Capture to replay: pcap, or pcapng whose interface names are the ingress ports.
     #[arg(long = "in", value_name = "FILE")]
     pub input: PathBuf,
@@ -250,6 +273,43 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_objects_or_kubeconfig_not_both() {
+        let base = ["kxdp", "run", "--node-name", "n", "--uplink", "u"];
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra)).map(|c| match c.command {
+                Command::Run(a) => a.objects,
+                Command::Replay(_) => unreachable!(),
+            })
+        };
+        let o = parse(&["--objects", "f.yaml"]).unwrap();
+        assert_eq!(o.objects, Some(PathBuf::from("f.yaml")));
+        assert_eq!(o.min_sync_period, Duration::from_secs(1));
+        let o = parse(&["--kubeconfig", "k", "--min-sync-period", "250ms"]).unwrap();
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k")));
+        assert_eq!(o.min_sync_period, Duration::from_millis(250));
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.objects, o.kubeconfig), (None, None), "in-cluster");
+        assert!(parse(&["--objects", "f", "--kubeconfig", "k"]).is_err());
+    }
+
+    #[test]
+    fn replay_needs_an_objects_file() {
+        let args = [
+            "kxdp",
+            "replay",
+            "--node-name",
+            "n",
+            "--in",
+            "a",
+            "--out",
+            "b",
+        ];
+        assert!(Cli::try_parse_from(args.iter().chain(&["--uplink", "u"])).is_err());
+        let with = ["--uplink", "u", "--objects", "f"];
+        assert!(Cli::try_parse_from(args.iter().chain(&with)).is_ok());
     }
 
     #[test]

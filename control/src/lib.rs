@@ -1,6 +1,7 @@
 //! kxdp's control side: Kubernetes objects to dataplane snapshots, the object
 //! sources, and the pieces of the `kxdp` binary. It knows nothing about packet bytes.
 
+pub mod apiserver;
 pub mod cli;
 pub mod endpoints;
 pub mod metrics;

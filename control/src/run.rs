@@ -3,9 +3,10 @@
 //! and detaches everything it attached.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
@@ -36,8 +37,22 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// Builds the snapshot of a given generation from the objects source.
 pub type Loader = dyn Fn(u64) -> Result<Snapshot>;
 
+/// A number that moves when the objects may have changed: the objects file's
+/// modification time, the API source's event count. Read before loading, so that a
+/// change during a load shows as a move afterwards.
+pub type Changes = dyn Fn() -> u64;
+
 fn modified(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// [`Changes`] of an objects file: its modification time (0 while it cannot be read).
+pub fn file_changes(path: PathBuf) -> impl Fn() -> u64 {
+    move || {
+        modified(&path)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
 }
 
 fn sysfs(iface: &str, file: &str) -> Result<String> {
@@ -121,10 +136,12 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
     Ok(ports)
 }
 
-/// Runs until SIGINT/SIGTERM. `load` rebuilds the snapshot when the objects file
-/// changes or on SIGHUP; a file that does not load keeps the last good snapshot.
-pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
+/// Runs until SIGINT/SIGTERM. `load` rebuilds the snapshot when `changes` moves (at
+/// most once per `--min-sync-period`, so a burst of changes is one rebuild) or on
+/// SIGHUP; objects that do not load keep the last good snapshot.
+pub fn run(a: RunArgs, load: &Loader, changes: &Changes) -> Result<()> {
     let ports = preflight(&a)?;
+    let mut seen = changes();
     let snap = load(1)?;
     let mode = match a.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
@@ -234,19 +251,18 @@ pub fn run(a: RunArgs, load: &Loader) -> Result<()> {
         "kxdp is forwarding"
     );
     let mut generation = 1;
-    let mut stamp = modified(&a.objects.objects);
-    let mut last_check = std::time::Instant::now();
+    let mut last_sync = Instant::now();
     while !STOP.load(Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        if last_check.elapsed() >= std::time::Duration::from_secs(1) {
-            last_check = std::time::Instant::now();
-            let now = modified(&a.objects.objects);
-            if now != stamp {
-                stamp = now;
+        std::thread::sleep(Duration::from_millis(50));
+        if last_sync.elapsed() >= a.objects.min_sync_period {
+            let now = changes();
+            if now != seen {
+                seen = now;
                 RELOAD.store(true, Ordering::Relaxed);
             }
         }
         if RELOAD.swap(false, Ordering::Relaxed) {
+            last_sync = Instant::now();
             match load(generation + 1) {
                 Ok(snap) => {
                     generation += 1;
