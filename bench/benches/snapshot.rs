@@ -1,6 +1,9 @@
 //! How long the control side takes to turn a large cluster into a snapshot:
 //! `translate` over 10,000 Services x 4 endpoints (one EndpointSlice each) and two
-//! nodes, with M = 65537 as the cap on Maglev table sizes.
+//! nodes, with M = 65537 as the cap on Maglev table sizes: from nothing, and with one
+//! endpoint changed given the previous snapshot (`translate_reusing`, which rebuilds
+//! one Maglev table but still walks every object). For scale, the copy of the same
+//! objects that the API source's `objects()` makes before each translation.
 //!
 //! The objects are built in code, outside the timed part; the snapshot is dropped
 //! outside it too (`iter_with_large_drop`), since the control thread hands it on.
@@ -20,7 +23,7 @@ use kxdp_control::objects::k8s_openapi::api::discovery::v1::{
 use kxdp_control::objects::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kxdp_control::objects::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kxdp_control::objects::Objects;
-use kxdp_control::translate::{translate, TranslateConfig};
+use kxdp_control::translate::{translate, translate_reusing, TranslateConfig};
 
 const SERVICES: usize = 10_000;
 const ENDPOINTS_PER_SERVICE: usize = 4;
@@ -164,6 +167,26 @@ fn bench_translate(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
     g.bench_function("10k_services_x4_endpoints", |b| {
         b.iter_with_large_drop(|| translate(black_box(&objects), &cfg, 1).unwrap())
+    });
+
+    // One endpoint of one Service moves to a new pod: the next snapshot, given the
+    // previous one.
+    let previous = translate(&objects, &cfg, 1).unwrap().snapshot;
+    let mut changed = objects.clone();
+    let moved = &mut changed.slices[SERVICES / 2].endpoints[0].addresses[0];
+    *moved = "198.18.127.250".to_owned();
+    let t = translate_reusing(&changed, &cfg, 2, &previous).unwrap();
+    assert_eq!(t.snapshot.services().len(), SERVICES);
+    drop(t);
+    g.bench_function("10k_services_one_endpoint_changed", |b| {
+        b.iter_with_large_drop(|| {
+            translate_reusing(black_box(&changed), &cfg, 2, &previous).unwrap()
+        })
+    });
+    // What the API source's `objects()` does before every translation: copy the
+    // stores (here a plain clone of the same objects).
+    g.bench_function("10k_services_objects_copy", |b| {
+        b.iter_with_large_drop(|| black_box(&objects).clone())
     });
     g.finish();
 }

@@ -1,14 +1,24 @@
 //! The kube-proxy-compatible HTTP endpoints. On the metrics address: `/proxyMode`
 //! (answers `kxdp`: what readiness checks and tests poll) and `/metrics` (Prometheus
-//! text). On the healthz address: `/healthz` and `/livez`, as kube-proxy serves them:
-//! 200 with the last-updated time while the dataplane is current, 503 when a worker
-//! has been behind the newest snapshot for longer than [`STALE_AFTER`].
+//! text). On the healthz address: `/healthz` and `/livez`, 200 with the last-updated
+//! time, 503 with the [`Problem`]s when not.
+//!
+//! kube-proxy's `/livez` is its sync staleness (an update queued and not applied
+//! within its health timeout), and `/healthz` is the same plus whether the Node is
+//! being deleted (`pkg/proxy/healthcheck/proxy_health.go`). kxdp's equivalents:
+//! - `/livez`: a worker has stopped, or a worker has been behind the newest snapshot
+//!   for longer than [`STALE_AFTER`]. Restarting kxdp can cure these.
+//! - `/healthz`: those, and staleness of what kxdp knows: a change noticed but not
+//!   applied (its reload failed) or API watches failing, for longer than
+//!   [`SOURCE_STALE_AFTER`]. The last good snapshot keeps serving meanwhile (fail
+//!   static), and `/livez` ignores these on purpose: a restart cannot fix the objects
+//!   or the API server, and a kxdp that cannot load its objects does not start.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
 use kxdp_dataplane::worker::WorkerStatus;
@@ -19,31 +29,137 @@ use crate::metrics;
 /// How long a worker may lag behind a new snapshot before health reports it.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a noticed change may stay unapplied, or the API watches fail, before
+/// `/healthz` reports it: kube-proxy's health timeout (twice its 30 s `--sync-period`).
+pub const SOURCE_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// What the run loop reports about snapshots and their source.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncState {
+    /// When the newest snapshot was published (wall clock: `lastUpdated`).
+    pub published_at: SystemTime,
+    /// The same instant on the monotonic clock, for durations.
+    pub published: Instant,
+    /// The oldest change noticed and not yet in a published snapshot.
+    pub pending_since: Option<Instant>,
+    /// Since when the source has been failing (API watch errors); None while it works.
+    pub failing_since: Option<Instant>,
+    /// False once a worker thread has ended.
+    pub workers_running: bool,
+}
+
+impl SyncState {
+    /// A snapshot just published, nothing pending, workers running.
+    pub fn published_now() -> SyncState {
+        SyncState {
+            published_at: SystemTime::now(),
+            published: Instant::now(),
+            pending_since: None,
+            failing_since: None,
+            workers_running: true,
+        }
+    }
+}
+
+/// Why `/healthz` (and for some, `/livez`) answers 503.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A worker thread has ended.
+    WorkerStopped,
+    /// A worker has forwarded with an old snapshot for longer than [`STALE_AFTER`].
+    DataplaneBehind,
+    /// A change was noticed more than [`SOURCE_STALE_AFTER`] ago and is not applied
+    /// (the objects did not load; the last good snapshot serves).
+    ChangeNotApplied,
+    /// The API watches have failed for more than [`SOURCE_STALE_AFTER`].
+    SourceFailing,
+}
+
+impl Problem {
+    pub fn name(self) -> &'static str {
+        match self {
+            Problem::WorkerStopped => "worker_stopped",
+            Problem::DataplaneBehind => "dataplane_behind",
+            Problem::ChangeNotApplied => "change_not_applied",
+            Problem::SourceFailing => "source_failing",
+        }
+    }
+
+    /// Whether `/livez` reports it: only what a restart of kxdp can cure.
+    pub fn is_liveness(self) -> bool {
+        matches!(self, Problem::WorkerStopped | Problem::DataplaneBehind)
+    }
+}
+
 /// What the endpoints read.
 pub struct State {
     pub registry: Registry,
     pub workers: Vec<Arc<Mutex<WorkerStatus>>>,
     pub generation: Arc<AtomicU64>,
-    /// When the newest snapshot was published.
-    pub published_at: Mutex<SystemTime>,
+    pub sync: Mutex<SyncState>,
 }
 
 impl State {
-    /// (healthy, last updated): healthy unless a worker has lagged for too long.
-    pub fn health(&self, now: SystemTime) -> (bool, SystemTime) {
+    pub fn sync_state(&self) -> SyncState {
+        *self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Updates what the run loop reports.
+    pub fn update(&self, f: impl FnOnce(&mut SyncState)) {
+        f(&mut self.sync.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Everything wrong at `now` (empty when healthy), and when the newest snapshot
+    /// was published.
+    pub fn problems(&self, now: Instant) -> (Vec<Problem>, SystemTime) {
+        let s = self.sync_state();
         let newest = self.generation.load(Ordering::Relaxed);
-        let published = *self.published_at.lock().unwrap_or_else(|e| e.into_inner());
         let current = self
             .workers
             .iter()
-            .all(|w| w.lock().map(|s| s.generation >= newest).unwrap_or(false));
-        let lag = now.duration_since(published).unwrap_or_default();
-        (current || lag <= STALE_AFTER, published)
+            .all(|w| w.lock().map(|w| w.generation >= newest).unwrap_or(false));
+        let longer = |since: Option<Instant>, limit: Duration| {
+            since.is_some_and(|t| now.saturating_duration_since(t) > limit)
+        };
+        let mut problems = Vec::new();
+        if !s.workers_running {
+            problems.push(Problem::WorkerStopped);
+        }
+        if !current && longer(Some(s.published), STALE_AFTER) {
+            problems.push(Problem::DataplaneBehind);
+        }
+        if longer(s.pending_since, SOURCE_STALE_AFTER) {
+            problems.push(Problem::ChangeNotApplied);
+        }
+        if longer(s.failing_since, SOURCE_STALE_AFTER) {
+            problems.push(Problem::SourceFailing);
+        }
+        (problems, s.published_at)
     }
 }
 
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// The `/healthz` or `/livez` answer: status code and kube-proxy's JSON body, with the
+/// problems named.
+fn health_response(state: &State, liveness: bool) -> (u16, String) {
+    let (mut problems, updated) = state.problems(Instant::now());
+    if liveness {
+        problems.retain(|p| p.is_liveness());
+    }
+    let names: Vec<String> = problems
+        .iter()
+        .map(|p| format!("\"{}\"", p.name()))
+        .collect();
+    let body = format!(
+        "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\",\"problems\": [{}]}}",
+        secs(updated),
+        secs(SystemTime::now()),
+        names.join(",")
+    );
+    (if problems.is_empty() { 200 } else { 503 }, body)
 }
 
 /// Serves until `stop` is set.
@@ -60,16 +176,8 @@ pub fn serve(addr: SocketAddr, stop: Arc<AtomicBool>, state: Arc<State>) -> Resu
                 let (code, body) = match req.url() {
                     "/proxyMode" => (200, "kxdp".to_string()),
                     "/metrics" => (200, metrics::render(&state.registry)),
-                    "/healthz" | "/livez" => {
-                        let now = SystemTime::now();
-                        let (ok, updated) = state.health(now);
-                        let body = format!(
-                            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\"}}",
-                            secs(updated),
-                            secs(now)
-                        );
-                        (if ok { 200 } else { 503 }, body)
-                    }
+                    "/healthz" => health_response(&state, false),
+                    "/livez" => health_response(&state, true),
                     _ => (404, "404 page not found\n".to_string()),
                 };
                 let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
@@ -81,24 +189,63 @@ pub fn serve(addr: SocketAddr, stop: Arc<AtomicBool>, state: Arc<State>) -> Resu
 mod tests {
     use super::*;
 
+    const AGO_LONG: Duration = Duration::from_secs(600);
+
     fn state(worker_gen: u64, newest: u64, published_ago: Duration) -> State {
         let w = WorkerStatus {
             generation: worker_gen,
             ..Default::default()
         };
+        let mut sync = SyncState::published_now();
+        sync.published = Instant::now() - published_ago;
         State {
             registry: Registry::default(),
             workers: vec![Arc::new(Mutex::new(w))],
             generation: Arc::new(AtomicU64::new(newest)),
-            published_at: Mutex::new(SystemTime::now() - published_ago),
+            sync: Mutex::new(sync),
         }
+    }
+
+    fn problems(s: &State) -> Vec<Problem> {
+        s.problems(Instant::now()).0
     }
 
     #[test]
     fn healthy_while_workers_are_current_or_only_briefly_behind() {
-        let now = SystemTime::now();
-        assert!(state(3, 3, Duration::from_secs(600)).health(now).0);
-        assert!(state(2, 3, Duration::from_secs(1)).health(now).0);
-        assert!(!state(2, 3, Duration::from_secs(30)).health(now).0);
+        assert_eq!(problems(&state(3, 3, AGO_LONG)), vec![]);
+        assert_eq!(problems(&state(2, 3, Duration::from_secs(1))), vec![]);
+        assert_eq!(
+            problems(&state(2, 3, Duration::from_secs(30))),
+            vec![Problem::DataplaneBehind]
+        );
+    }
+
+    #[test]
+    fn a_failing_source_or_an_unapplied_change_turns_healthz_not_livez_after_the_timeout() {
+        let s = state(3, 3, AGO_LONG);
+        s.update(|s| s.failing_since = Some(Instant::now() - Duration::from_secs(10)));
+        assert_eq!(problems(&s), vec![], "a short outage is tolerated");
+        s.update(|s| s.failing_since = Some(Instant::now() - Duration::from_secs(61)));
+        assert_eq!(problems(&s), vec![Problem::SourceFailing]);
+        s.update(|s| s.pending_since = Some(Instant::now() - Duration::from_secs(61)));
+        assert_eq!(
+            problems(&s),
+            vec![Problem::ChangeNotApplied, Problem::SourceFailing]
+        );
+        let (code, body) = health_response(&s, false);
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("\"problems\": [\"change_not_applied\",\"source_failing\"]"),
+            "{body}"
+        );
+        assert_eq!(health_response(&s, true).0, 200, "livez ignores them");
+    }
+
+    #[test]
+    fn a_stopped_worker_fails_livez_and_healthz() {
+        let s = state(3, 3, AGO_LONG);
+        s.update(|s| s.workers_running = false);
+        assert_eq!(health_response(&s, true).0, 503);
+        assert_eq!(health_response(&s, false).0, 503);
     }
 }

@@ -11,7 +11,8 @@ use kxdp_control::apiserver::{Access, ApiSource, Backoff};
 use kxdp_control::cli::{Cli, Command, ReplayArgs, RunArgs};
 use kxdp_control::objects::{parse_objects, Objects};
 use kxdp_control::replay::{self, ReplayOptions};
-use kxdp_control::translate::{translate, TranslateConfig};
+use kxdp_control::run::Source;
+use kxdp_control::translate::{translate, translate_reusing, TranslateConfig};
 use kxdp_dataplane::snapshot::Snapshot;
 
 /// The log filter without RUST_LOG.
@@ -48,6 +49,7 @@ fn load_snapshot(
     node_name: &str,
     max_table_size: u32,
     generation: u64,
+    previous: Option<&Snapshot>,
 ) -> Result<Snapshot> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read objects file {}", path.display()))?;
@@ -55,8 +57,14 @@ fn load_snapshot(
     for e in &parsed.errors {
         tracing::warn!("rejected {e}");
     }
-    translate_objects(&parsed.objects, node_name, max_table_size, generation)
-        .with_context(|| format!("objects file {}", path.display()))
+    translate_objects(
+        &parsed.objects,
+        node_name,
+        max_table_size,
+        generation,
+        previous,
+    )
+    .with_context(|| format!("objects file {}", path.display()))
 }
 
 /// Translates objects from either source; invalid objects are reported and skipped.
@@ -65,12 +73,17 @@ fn translate_objects(
     node_name: &str,
     max_table_size: u32,
     generation: u64,
+    previous: Option<&Snapshot>,
 ) -> Result<Snapshot> {
     let cfg = TranslateConfig {
         node_name: node_name.to_owned(),
         max_table_size,
     };
-    let t = translate(objects, &cfg, generation)?;
+    // Unchanged Service ports keep their Maglev tables (shared, not rebuilt).
+    let t = match previous {
+        Some(prev) => translate_reusing(objects, &cfg, generation, prev)?,
+        None => translate(objects, &cfg, generation)?,
+    };
     for e in &t.errors {
         tracing::warn!("rejected {e}");
     }
@@ -82,8 +95,15 @@ fn run_cmd(a: RunArgs) -> Result<()> {
     let m = a.pipeline.maglev_table_size;
     if let Some(path) = a.objects.objects.clone() {
         let changes = kxdp_control::run::file_changes(path.clone());
-        let load = move |generation| load_snapshot(&path, &node, m, generation);
-        return kxdp_control::run::run(a, &load, &changes);
+        let load = move |generation, previous: Option<&Snapshot>| {
+            load_snapshot(&path, &node, m, generation, previous)
+        };
+        let source = Source {
+            load: &load,
+            changes: &changes,
+            failing: &|| false,
+        };
+        return kxdp_control::run::run(a, &source);
     }
     let access = match a.objects.kubeconfig.clone() {
         Some(path) => Access::Kubeconfig(path),
@@ -93,13 +113,18 @@ fn run_cmd(a: RunArgs) -> Result<()> {
     // Before run: the first lists move `changed()`, and a run loop that saw them
     // move would rebuild the first snapshot again for nothing.
     wait_for_sync(&source);
-    let watched = source.clone();
-    let load = move |generation| {
+    let (watched, checked) = (source.clone(), source.clone());
+    let load = move |generation, previous: Option<&Snapshot>| {
         wait_for_sync(&source);
-        translate_objects(&source.objects(), &node, m, generation)
+        translate_objects(&source.objects(), &node, m, generation, previous)
             .context("objects from the API server")
     };
-    kxdp_control::run::run(a, &load, &move || watched.changed())
+    let source = Source {
+        load: &load,
+        changes: &move || watched.changed(),
+        failing: &move || checked.failing(),
+    };
+    kxdp_control::run::run(a, &source)
 }
 
 /// Waits for the first lists as kube-proxy waits for its informers: without them a
@@ -121,6 +146,7 @@ fn replay_cmd(a: ReplayArgs) -> Result<()> {
         &a.objects.node_name,
         a.pipeline.maglev_table_size,
         1,
+        None,
     )?;
     let opts = ReplayOptions {
         input: a.input,

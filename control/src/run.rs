@@ -2,6 +2,7 @@
 //! worker per queue, serves the endpoints, and on SIGINT/SIGTERM stops the workers
 //! and detaches everything it attached.
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +21,8 @@ use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
 use kxdp_dataplane::xsk::umem::FramePool;
 
 use crate::cli::{BindArg, RunArgs, XdpModeArg};
-use crate::endpoints::{self, State};
-use crate::metrics::{self, DataplaneMetrics};
+use crate::endpoints::{self, State, SyncState};
+use crate::metrics::{self, DataplaneMetrics, SyncMetrics};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -35,12 +36,38 @@ extern "C" fn on_signal(sig: libc::c_int) {
 }
 
 /// Builds the snapshot of a given generation from the objects source.
-pub type Loader = dyn Fn(u64) -> Result<Snapshot>;
+/// Builds the snapshot of a generation, reusing what it can of the previous one.
+pub type Loader = dyn Fn(u64, Option<&Snapshot>) -> Result<Snapshot>;
 
 /// A number that moves when the objects may have changed: the objects file's
 /// modification time, the API source's event count. Read before loading, so that a
 /// change during a load shows as a move afterwards.
 pub type Changes = dyn Fn() -> u64;
+
+/// Where [`run`] gets its snapshots: the objects file or the API server.
+pub struct Source<'a> {
+    pub load: &'a Loader,
+    pub changes: &'a Changes,
+    /// True while the source cannot reach the objects and the last known ones serve
+    /// (the API watches failing). A file source never is: a file that does not load
+    /// shows as a change not applied.
+    pub failing: &'a dyn Fn() -> bool,
+}
+
+/// How often the run loop looks for changes (a `stat` of the file or an atomic load):
+/// the resolution of "noticed" in the network programming latency.
+const TICK: Duration = Duration::from_millis(10);
+
+/// How often it looks at the workers' generations while a published snapshot has not
+/// reached them all, and for how long at most: workers report a new generation as
+/// soon as they load it, and an idle worker loads it within its 50 ms poll timeout.
+const CONVERGE_TICK: Duration = Duration::from_millis(1);
+const CONVERGE_FAST_FOR: Duration = Duration::from_secs(1);
+
+/// Snapshots published and not yet used by every worker, whose network programming
+/// latency is still to be recorded. Bounded: when workers stop following, the oldest
+/// are given up (health reports the lag).
+const CONVERGING_MAX: usize = 64;
 
 fn modified(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -136,13 +163,16 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
     Ok(ports)
 }
 
-/// Runs until SIGINT/SIGTERM. `load` rebuilds the snapshot when `changes` moves (at
-/// most once per `--min-sync-period`, so a burst of changes is one rebuild) or on
-/// SIGHUP; objects that do not load keep the last good snapshot.
-pub fn run(a: RunArgs, load: &Loader, changes: &Changes) -> Result<()> {
+/// Runs until SIGINT/SIGTERM. The source's `load` rebuilds the snapshot when
+/// `changes` moves (at most once per `--min-sync-period`, so a burst of changes is one
+/// rebuild) or on SIGHUP; objects that do not load keep the last good snapshot.
+pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     let ports = preflight(&a)?;
-    let mut seen = changes();
-    let snap = load(1)?;
+    let sync_metrics = SyncMetrics::default();
+    let mut seen = (source.changes)();
+    let started = Instant::now();
+    let snap = (source.load)(1, None)?;
+    let built = started.elapsed();
     let mode = match a.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
         XdpModeArg::Skb => XdpMode::Skb,
@@ -162,8 +192,13 @@ pub fn run(a: RunArgs, load: &Loader, changes: &Changes) -> Result<()> {
         };
         steering.attach(&p.name, role, mode, i as u32 * MAX_QUEUES)?;
     }
+    let started = Instant::now();
     steering.sync(&snap)?;
     let shared_snapshot = Arc::new(ArcSwap::from_pointee(snap));
+    // The first sync too (as kube-proxy's); attaching the program is not part of it.
+    sync_metrics
+        .sync_duration
+        .observe((built + started.elapsed()).as_secs_f64());
     let stop = Arc::new(AtomicBool::new(false));
     let pipeline_cfg = a.pipeline.config(Ports::new(ports));
     // One UMEM for all workers, so a reply that lands on another worker's queue can
@@ -222,13 +257,16 @@ pub fn run(a: RunArgs, load: &Loader, changes: &Changes) -> Result<()> {
     }
     let generation_published = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let state = Arc::new(State {
-        registry: metrics::registry(DataplaneMetrics {
-            workers: statuses.clone(),
-            generation: generation_published.clone(),
-        }),
-        workers: statuses,
+        registry: metrics::registry(
+            DataplaneMetrics {
+                workers: statuses.clone(),
+                generation: generation_published.clone(),
+            },
+            &sync_metrics,
+        ),
+        workers: statuses.clone(),
         generation: generation_published.clone(),
-        published_at: Mutex::new(SystemTime::now()),
+        sync: Mutex::new(SyncState::published_now()),
     });
     let http = [
         endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
@@ -252,26 +290,54 @@ pub fn run(a: RunArgs, load: &Loader, changes: &Changes) -> Result<()> {
     );
     let mut generation = 1;
     let mut last_sync = Instant::now();
+    // A change seen and not loaded yet; the oldest change not in a published snapshot
+    // (a failed load leaves it pending until a later load succeeds).
+    let mut dirty = false;
+    let mut pending: Option<Instant> = None;
+    // (generation, change noticed, published) of snapshots not yet used by every worker.
+    let mut converging: VecDeque<(u64, Instant, Instant)> = VecDeque::new();
+    let mut failing_since: Option<Instant> = None;
+    let mut workers_running = true;
     while !STOP.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if last_sync.elapsed() >= a.objects.min_sync_period {
-            let now = changes();
-            if now != seen {
-                seen = now;
-                RELOAD.store(true, Ordering::Relaxed);
-            }
+        let fast = converging
+            .front()
+            .is_some_and(|&(_, _, published)| published.elapsed() < CONVERGE_FAST_FOR);
+        std::thread::sleep(if fast { CONVERGE_TICK } else { TICK });
+        let now = Instant::now();
+        let current = (source.changes)();
+        if current != seen {
+            seen = current;
+            dirty = true;
+            pending.get_or_insert(now);
         }
-        if RELOAD.swap(false, Ordering::Relaxed) {
+        let forced = RELOAD.swap(false, Ordering::Relaxed);
+        if forced {
+            pending.get_or_insert(now);
+        }
+        if forced || (dirty && last_sync.elapsed() >= a.objects.min_sync_period) {
+            dirty = false;
             last_sync = Instant::now();
-            match load(generation + 1) {
+            let previous = shared_snapshot.load_full();
+            match (source.load)(generation + 1, Some(&previous)) {
                 Ok(snap) => {
                     generation += 1;
                     steering.sync(&snap)?;
                     shared_snapshot.store(Arc::new(snap));
                     generation_published.store(generation, Ordering::Relaxed);
-                    if let Ok(mut t) = state.published_at.lock() {
-                        *t = SystemTime::now();
+                    let published = Instant::now();
+                    sync_metrics
+                        .sync_duration
+                        .observe((published - last_sync).as_secs_f64());
+                    if let Some(noticed) = pending.take() {
+                        if converging.len() == CONVERGING_MAX {
+                            converging.pop_front();
+                        }
+                        converging.push_back((generation, noticed, published));
                     }
+                    state.update(|s| {
+                        s.published_at = SystemTime::now();
+                        s.published = published;
+                    });
                     tracing::info!(generation, "objects reloaded");
                 }
                 Err(e) => {
@@ -279,6 +345,37 @@ pub fn run(a: RunArgs, load: &Loader, changes: &Changes) -> Result<()> {
                 }
             }
         }
+        // Network programming latency: recorded when the slowest worker reports the
+        // generation (workers report it as they load it).
+        let slowest = statuses
+            .iter()
+            .map(|w| w.lock().map(|s| s.generation).unwrap_or(0))
+            .min()
+            .unwrap_or(generation);
+        while let Some(&(g, noticed, _)) = converging.front() {
+            if slowest < g {
+                break;
+            }
+            sync_metrics
+                .programming_duration
+                .observe(noticed.elapsed().as_secs_f64());
+            converging.pop_front();
+        }
+        failing_since = match (source.failing)() {
+            true => failing_since.or(Some(now)),
+            false => None,
+        };
+        if workers_running {
+            if let Some(q) = handles.iter().position(|h| h.is_finished()) {
+                workers_running = false;
+                tracing::error!(queue = q, "a worker stopped; /livez and /healthz report it");
+            }
+        }
+        state.update(|s| {
+            s.pending_since = pending;
+            s.failing_since = failing_since;
+            s.workers_running = workers_running;
+        });
     }
     tracing::info!("stopping");
     // Steering off first: from here on the kernel gets everything (fail open).

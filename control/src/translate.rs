@@ -119,6 +119,26 @@ pub fn translate(
     cfg: &TranslateConfig,
     generation: u64,
 ) -> Result<Translated, TranslateError> {
+    translate_from(objects, cfg, generation, None)
+}
+
+/// [`translate`], taking over from `previous` every Service port whose spec did not
+/// change (see [`SnapshotBuilder::reusing`]): the same snapshot, built faster.
+pub fn translate_reusing(
+    objects: &Objects,
+    cfg: &TranslateConfig,
+    generation: u64,
+    previous: &Snapshot,
+) -> Result<Translated, TranslateError> {
+    translate_from(objects, cfg, generation, Some(previous))
+}
+
+fn translate_from(
+    objects: &Objects,
+    cfg: &TranslateConfig,
+    generation: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Translated, TranslateError> {
     let mut errors = Vec::new();
 
     let mut nodes: Vec<(&str, &Node)> = Vec::with_capacity(objects.nodes.len());
@@ -156,6 +176,9 @@ pub fn translate(
         }
     })?;
     let mut builder = SnapshotBuilder::new(generation, local, cfg.max_table_size);
+    if let Some(previous) = previous {
+        builder = builder.reusing(previous);
+    }
 
     for &(name, node) in &nodes {
         if name == cfg.node_name {

@@ -10,12 +10,14 @@
 //! Addresses: node1 pods 198.18.1.h, node2 pods 198.18.2.h, ClusterIPs 198.19.0.x,
 //! node1's underlay address 198.19.128.1, the external client 198.19.128.100.
 
+mod apidouble;
 mod netns;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use apidouble::{ApiDouble, Res};
 use netns::{
     available, Reply, Service, Topology, CLIENT_IP, HTTP_SERVER, LONG_LIVED_CLIENT, NODE1_IP,
     NODE1_SNAT_IP, SINK_SERVER, TCP_ECHO_SERVER, UDP_CLIENT, UDP_ECHO_SERVER, UPLOAD_CLIENT,
@@ -567,4 +569,106 @@ fn replies_landing_on_another_workers_queue_are_still_translated() {
         "{syn} SYN and {synack} server retransmissions for {N} connections: replies were lost\n{}",
         kxdp.log()
     );
+}
+
+/// The value of an unlabelled sample in Prometheus text, e.g. a histogram's `_count`.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn kxdp_run_against_the_api_server_serves_a_cluster_ip_and_follows_a_watched_endpoint_change() {
+    let name =
+        "kxdp_run_against_the_api_server_serves_a_cluster_ip_and_follows_a_watched_endpoint_change";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11, 12], &[]);
+    let (client, first, second) = (t.pod(1, 10), t.pod(1, 11), t.pod(1, 12));
+    let _s1 = t.server(first, "http-first", HTTP_SERVER, HTTP_PORT);
+    let _s2 = t.server(second, "http-second", HTTP_SERVER, HTTP_PORT);
+    // The API server where kxdp can reach it: on node1's loopback.
+    let api = ApiDouble::start_in_netns(&t.node1);
+    api.apply(&apidouble::node(1));
+    api.apply(&apidouble::node(2));
+    api.apply(&apidouble::service("web", "198.19.0.10"));
+    api.apply(&apidouble::slice("web-1", "web", &["198.18.1.11"]));
+    let kubeconfig = api.kubeconfig();
+    let kxdp = t.start_kxdp_with(&[
+        "--kubeconfig",
+        kubeconfig.to_str().expect("utf-8 path"),
+        "--min-sync-period",
+        "100ms",
+    ]);
+    let url = "http://198.19.0.10:80/";
+    let r = t.http_get(&client.ns, url);
+    assert_eq!(r.backend, first.ip, "{r:?}\n{}", kxdp.log());
+    assert_eq!(*r.client.ip(), client.ip, "{r:?}");
+
+    // The endpoint moves to the second pod; kxdp hears it on its open watch.
+    let lists = api.lists(Res::Slices);
+    api.apply(&apidouble::slice("web-1", "web", &["198.18.1.12"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = t.http_get(&client.ns, url);
+        if r.backend == second.ip {
+            break;
+        }
+        assert_eq!(r.backend, first.ip, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the new backend never served:\n{}",
+            kxdp.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        api.lists(Res::Slices),
+        lists,
+        "the change came as a watch event, not a relist"
+    );
+
+    // The change is in the latency histograms; health is current.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = t
+            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        if sample(&metrics, "kxdp_network_programming_duration_seconds_count")
+            .is_some_and(|n| n >= 1.0)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let count = sample(&metrics, "kxdp_network_programming_duration_seconds_count");
+    let sum = sample(&metrics, "kxdp_network_programming_duration_seconds_sum");
+    assert!(count.is_some_and(|n| n >= 1.0), "{metrics}");
+    let syncs = sample(&metrics, "kxdp_sync_proxy_rules_duration_seconds_count");
+    assert!(
+        syncs.is_some_and(|n| n >= 2.0),
+        "the first snapshot and the change: {metrics}"
+    );
+    eprintln!(
+        "{name}: network programming {count:?} changes, {sum:?} s in all; syncs {syncs:?}, {:?} s in all",
+        sample(&metrics, "kxdp_sync_proxy_rules_duration_seconds_sum")
+    );
+    for path in ["healthz", "livez"] {
+        let code = t
+            .curl(
+                &t.node1,
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://127.0.0.1:10256/{path}"),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(code, "200", "/{path}");
+    }
 }

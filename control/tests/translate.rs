@@ -2,15 +2,17 @@
 //! kube-proxy and flannel semantics the translation promises.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use kxdp_control::objects::{parse_objects, ObjectError, Objects};
 use kxdp_control::translate::{
-    translate, NodeProblem, TranslateConfig, TranslateError, Translated,
+    translate, translate_reusing, NodeProblem, TranslateConfig, TranslateError, Translated,
 };
 use kxdp_dataplane::flow::{Nanos, Proto};
 use kxdp_dataplane::snapshot::{
     Backend, FrontendKind, Mac, Route, ServiceKey, ServicePort, Snapshot, Vni,
 };
+use proptest::prelude::*;
 
 const EXAMPLE: &str = include_str!("../../scripts/example/objects.yaml");
 
@@ -857,4 +859,170 @@ fn the_same_objects_in_any_order_give_the_same_snapshot() {
     }
     let b = translate(&objs, &cfg("node1"), 3).unwrap();
     assert_eq!(fingerprint(&a.snapshot), fingerprint(&b.snapshot));
+}
+
+/// A Service with one port and one slice, small enough that random ones collide on
+/// ClusterIPs and share endpoints.
+#[derive(Clone, Debug, PartialEq)]
+struct SvcModel {
+    cluster_ip: u8,
+    port: u16,
+    node_port: Option<u16>,
+    internal_local: bool,
+    external_local: bool,
+    /// (pod address last octet, on node1, ready, terminating)
+    endpoints: Vec<(u8, bool, bool, bool)>,
+}
+
+fn svc_model() -> impl Strategy<Value = SvcModel> {
+    (
+        0u8..12,
+        prop_oneof![Just(80u16), Just(443)],
+        proptest::option::of(30000u16..30004),
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec((0u8..8, any::<bool>(), any::<bool>(), any::<bool>()), 0..6),
+    )
+        .prop_map(
+            |(cluster_ip, port, node_port, internal_local, external_local, endpoints)| SvcModel {
+                cluster_ip,
+                port,
+                node_port,
+                internal_local,
+                external_local,
+                endpoints,
+            },
+        )
+}
+
+fn cluster_text(services: &[Option<SvcModel>]) -> String {
+    let mut text = NODES.to_owned();
+    for (i, m) in services.iter().enumerate() {
+        let Some(m) = m else { continue };
+        let name = format!("s{i}");
+        let node_port = match m.node_port {
+            Some(np) => format!(", nodePort: {np}"),
+            None => String::new(),
+        };
+        let policy = |local| if local { "Local" } else { "Cluster" };
+        text += &svc(
+            &name,
+            &format!(
+                "{{type: NodePort, clusterIP: 198.19.0.{}, internalTrafficPolicy: {}, \
+                 externalTrafficPolicy: {}, ports: [{{name: http, port: {}{node_port}}}]}}",
+                m.cluster_ip,
+                policy(m.internal_local),
+                policy(m.external_local),
+                m.port,
+            ),
+        );
+        let endpoints: Vec<String> = m
+            .endpoints
+            .iter()
+            .map(|&(pod, on_node1, ready, terminating)| {
+                let node = if on_node1 { 1 } else { 2 };
+                format!(
+                    "{{addresses: [198.18.{node}.{pod}], nodeName: node{node}, \
+                     conditions: {{ready: {ready}, serving: true, terminating: {terminating}}}}}"
+                )
+            })
+            .collect();
+        text += &slice(
+            &format!("{name}-1"),
+            &name,
+            "[{name: http, port: 8080}]",
+            &format!("[{}]", endpoints.join(", ")),
+        );
+    }
+    text
+}
+
+/// Everything a worker can see of a snapshot, Service port by Service port (in
+/// ServiceId order), with both Maglev tables in full.
+fn everything(snap: &Snapshot) -> String {
+    let services: Vec<String> = snap
+        .services()
+        .iter()
+        .map(|s| {
+            format!(
+                "{:?}\n{} {:?} {:?}\ncluster {:?}\nlocal {:?}",
+                s.spec,
+                s.id_hash,
+                s.backends,
+                s.local_backends,
+                s.cluster.entries(),
+                s.local.entries()
+            )
+        })
+        .collect();
+    let mut frontends: Vec<String> = snap
+        .frontends()
+        .map(|(k, f)| format!("{k:?} -> {f:?}"))
+        .collect();
+    frontends.sort();
+    format!(
+        "{} {:?}\n{:?}\n{frontends:#?}\n{services:#?}",
+        snap.generation,
+        snap.node,
+        snap.remotes()
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Reuse is exact: after any mix of kept, changed, added and deleted Services, the
+    /// snapshot built from the previous one is the snapshot built from nothing; and
+    /// every Service port whose spec is unchanged is the previous one, shared.
+    #[test]
+    fn a_snapshot_reusing_the_previous_one_equals_one_built_from_nothing(
+        changes in proptest::collection::vec(
+            (proptest::option::of(svc_model()), proptest::option::of(svc_model()), any::<bool>()),
+            1..16,
+        ),
+    ) {
+        let before: Vec<Option<SvcModel>> = changes.iter().map(|c| c.0.clone()).collect();
+        let after: Vec<Option<SvcModel>> = changes
+            .iter()
+            .map(|(old, new, keep)| if *keep { old.clone() } else { new.clone() })
+            .collect();
+        let node1 = cfg("node1");
+        let previous = translate(&objects(&cluster_text(&before)), &node1, 1).unwrap();
+        let now = objects(&cluster_text(&after));
+        let reused = translate_reusing(&now, &node1, 2, &previous.snapshot).unwrap();
+        let fresh = translate(&now, &node1, 2).unwrap();
+        prop_assert_eq!(everything(&reused.snapshot), everything(&fresh.snapshot));
+        prop_assert_eq!(&reused.errors, &fresh.errors);
+        for port in reused.snapshot.services() {
+            let old = previous.snapshot.services().iter().find(|p| p.spec.name == port.spec.name);
+            if let Some(old) = old.filter(|old| old.spec == port.spec) {
+                prop_assert!(Arc::ptr_eq(old, port), "{} was rebuilt", port.spec.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_different_table_size_cap_rebuilds_every_table() {
+    let text = cluster_text(&[Some(SvcModel {
+        cluster_ip: 1,
+        port: 80,
+        node_port: None,
+        internal_local: false,
+        external_local: false,
+        endpoints: vec![(1, true, true, false), (2, false, true, false)],
+    })]);
+    let objs = objects(&text);
+    let previous = translate(&objs, &cfg("node1"), 1).unwrap().snapshot;
+    let smaller = TranslateConfig {
+        max_table_size: 251,
+        ..cfg("node1")
+    };
+    let reused = translate_reusing(&objs, &smaller, 2, &previous).unwrap();
+    let fresh = translate(&objs, &smaller, 2).unwrap();
+    assert_eq!(everything(&reused.snapshot), everything(&fresh.snapshot));
+    assert!(!Arc::ptr_eq(
+        &reused.snapshot.services()[0],
+        &previous.services()[0]
+    ));
 }

@@ -6,8 +6,16 @@
 //! snapshot, published whole. Kubernetes semantics that decide *which* endpoints may
 //! serve (ready, serving, terminating; traffic policies) live here, once, so every
 //! source of objects gets them identically.
+//!
+//! ## Reuse
+//! Most changes touch a few Services, so a builder made with
+//! [`SnapshotBuilder::reusing`] takes over, by reference count, every [`ServicePort`] of
+//! the previous snapshot whose spec is equal to the new one: its backend lists and Maglev
+//! tables are a pure function of the spec and the table-size cap, so the result is the
+//! snapshot a fresh build would give, and a one-endpoint change rebuilds one table.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -216,7 +224,8 @@ pub struct Backend {
     pub is_local: bool,
 }
 
-/// A Service port ready for the fast path.
+/// A Service port ready for the fast path. Shared (`Arc`) between the snapshots whose
+/// spec of it is equal, so a rebuild that does not touch it costs a reference count.
 #[derive(Debug)]
 pub struct ServicePort {
     pub spec: ServicePortSpec,
@@ -259,6 +268,27 @@ impl ServicePort {
 
     pub fn backend(&self, kind: FrontendKind, idx: u16) -> Option<&Backend> {
         self.selection(kind).1.get(idx as usize)
+    }
+
+    /// Backend lists and Maglev tables for `spec`, whose endpoints are sorted.
+    fn build(spec: ServicePortSpec, id_hash: u64, max_table_size: u32) -> ServicePort {
+        let backends = eligible(spec.endpoints.iter());
+        let local_backends = eligible(spec.endpoints.iter().filter(|e| e.is_local));
+        let cluster = maglev_for(&backends, max_table_size);
+        // Only a Local traffic policy ever looks at the local table.
+        let local = if spec.internal_policy_local || spec.external_policy_local {
+            maglev_for(&local_backends, max_table_size)
+        } else {
+            MaglevTable::empty()
+        };
+        ServicePort {
+            id_hash,
+            spec,
+            backends,
+            cluster,
+            local,
+            local_backends,
+        }
     }
 }
 
@@ -309,7 +339,9 @@ pub enum Route<'a> {
 pub struct Snapshot {
     pub generation: u64,
     pub node: LocalNode,
-    services: Vec<ServicePort>,
+    /// The Maglev table-size cap the tables were built with: reuse needs the same.
+    max_table_size: u32,
+    services: Vec<Arc<ServicePort>>,
     frontends: FxHashMap<ServiceKey, Frontend>,
     remotes: Vec<RemoteNode>,
     /// Pod-CIDR routes, one exact-match map per prefix length, longest first.
@@ -324,7 +356,7 @@ impl Snapshot {
     pub fn service(&self, id: ServiceId) -> &ServicePort {
         &self.services[id.0 as usize]
     }
-    pub fn services(&self) -> &[ServicePort] {
+    pub fn services(&self) -> &[Arc<ServicePort>] {
         &self.services
     }
     pub fn remotes(&self) -> &[RemoteNode] {
@@ -382,9 +414,11 @@ pub struct SnapshotBuilder {
     generation: u64,
     node: LocalNode,
     max_table_size: u32,
-    services: Vec<ServicePort>,
+    services: Vec<Arc<ServicePort>>,
     frontends: FxHashMap<ServiceKey, Frontend>,
     remotes: Vec<RemoteNode>,
+    /// The previous snapshot's Service ports by name hash (see [`SnapshotBuilder::reusing`]).
+    previous: FxHashMap<u64, Arc<ServicePort>>,
 }
 
 impl SnapshotBuilder {
@@ -397,7 +431,25 @@ impl SnapshotBuilder {
             services: Vec::new(),
             frontends: FxHashMap::default(),
             remotes: Vec::new(),
+            previous: FxHashMap::default(),
         }
+    }
+
+    /// Makes [`SnapshotBuilder::add_service_port`] take over `previous`'s Service port of
+    /// the same name when its spec is equal (after endpoint sorting) instead of
+    /// rebuilding it. Exact: the backend lists and tables are a function of the spec and
+    /// the table-size cap, and nothing is taken over when the caps differ.
+    pub fn reusing(mut self, previous: &Snapshot) -> SnapshotBuilder {
+        if previous.max_table_size == self.max_table_size {
+            // A name hash shared by two ports (a collision, or a duplicate name in a
+            // file) keeps one of them: the other is rebuilt, which is only slower.
+            self.previous = previous
+                .services
+                .iter()
+                .map(|s| (s.id_hash, s.clone()))
+                .collect();
+        }
+        self
     }
 
     pub fn add_remote_node(&mut self, node: RemoteNode) {
@@ -449,24 +501,12 @@ impl SnapshotBuilder {
         let mut spec = spec;
         spec.endpoints
             .sort_by_key(|e| (u32::from(*e.addr.ip()), e.addr.port()));
-        let backends = eligible(spec.endpoints.iter());
-        let local_backends = eligible(spec.endpoints.iter().filter(|e| e.is_local));
-        let cluster = maglev_for(&backends, self.max_table_size);
-        // Only a Local traffic policy ever looks at the local table.
-        let local = if spec.internal_policy_local || spec.external_policy_local {
-            maglev_for(&local_backends, self.max_table_size)
-        } else {
-            MaglevTable::empty()
-        };
         let id_hash = twox_hash::XxHash64::oneshot(0, spec.name.as_bytes());
-        self.services.push(ServicePort {
-            id_hash,
-            spec,
-            backends,
-            cluster,
-            local,
-            local_backends,
-        });
+        let port = match self.previous.get(&id_hash) {
+            Some(prev) if prev.spec == spec => prev.clone(),
+            _ => Arc::new(ServicePort::build(spec, id_hash, self.max_table_size)),
+        };
+        self.services.push(port);
         Ok(id)
     }
 
@@ -490,6 +530,7 @@ impl SnapshotBuilder {
         Snapshot {
             generation: self.generation,
             node: self.node,
+            max_table_size: self.max_table_size,
             services: self.services,
             frontends: self.frontends,
             remotes: self.remotes,

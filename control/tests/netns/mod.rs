@@ -437,17 +437,14 @@ impl Topology {
     /// Starts kxdp on node1 (uplink and every node1 pod's veth) and waits until
     /// `/proxyMode` answers.
     pub fn start_kxdp(&self, objects: &Path) -> Kxdp<'_> {
-        let obj = objects.to_str().expect("utf-8 path");
-        let mut argv = vec![
-            env!("CARGO_BIN_EXE_kxdp"),
-            "run",
-            "--objects",
-            obj,
-            "--node-name",
-            "node1",
-            "--uplink",
-            UPLINK,
-        ];
+        self.start_kxdp_with(&["--objects", objects.to_str().expect("utf-8 path")])
+    }
+
+    /// [`Topology::start_kxdp`] with other source flags (e.g. `--kubeconfig F`).
+    pub fn start_kxdp_with(&self, source: &[&str]) -> Kxdp<'_> {
+        let mut argv = vec![env!("CARGO_BIN_EXE_kxdp"), "run"];
+        argv.extend_from_slice(source);
+        argv.extend(["--node-name", "node1", "--uplink", UPLINK]);
         for p in self.pods.iter().filter(|p| p.node == 1) {
             argv.push("--pod-iface");
             argv.push(&p.host_if);
