@@ -193,7 +193,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         steering.attach(&p.name, role, mode, i as u32 * MAX_QUEUES)?;
     }
     let started = Instant::now();
-    steering.sync(&snap)?;
+    steering.sync(&snap, &[a.gateway_ip])?;
     let shared_snapshot = Arc::new(ArcSwap::from_pointee(snap));
     // The first sync too (as kube-proxy's); attaching the program is not part of it.
     sync_metrics
@@ -321,7 +321,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             match (source.load)(generation + 1, Some(&previous)) {
                 Ok(snap) => {
                     generation += 1;
-                    steering.sync(&snap)?;
+                    steering.sync(&snap, &[a.gateway_ip])?;
                     shared_snapshot.store(Arc::new(snap));
                     generation_published.store(generation, Ordering::Relaxed);
                     let published = Instant::now();

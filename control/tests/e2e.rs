@@ -106,6 +106,13 @@ fn pod_to_cluster_ip_reaches_a_local_backend_and_replies_come_from_the_cluster_i
         )
         .unwrap_or_else(|e| panic!("{}", e.message));
     assert_eq!(healthz, "200");
+
+    // The node itself reaches an endpoint pod directly, as the kubelet's probes do:
+    // the pod's reply leaves from its Service port but is the kernel's, not kxdp's.
+    let probe = t
+        .curl(&t.node1, &[&format!("http://{}:{HTTP_PORT}/", backend.ip)])
+        .unwrap_or_else(|e| panic!("the node cannot reach its pod: {}", e.message));
+    assert!(probe.contains(&backend.ip.to_string()), "{probe}");
 }
 
 #[test]

@@ -90,10 +90,19 @@ struct {
 	__type(value, __u8);
 } pod_cidrs SEC(".maps");
 
+/* The node's own addresses: traffic to them (a pod answering the kubelet's probe
+ * from its Service port) is the kernel's, whatever its source. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __be32);
+	__type(value, __u8);
+} host_addrs SEC(".maps");
+
 /* ARP replies from these senders are kxdp's (it asked) */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
 	__type(key, __be32);
 	__type(value, __u8);
 } arp_pending SEC(".maps");
@@ -192,8 +201,9 @@ int kxdp_steer(struct xdp_md *ctx)
 		       is_frontend(ip->daddr, dport, ip->protocol) ||
 		       (ip->protocol == IPPROTO_ICMP && icmp_error_is_ours(l4, end));
 	} else {
+		int to_host = bpf_map_lookup_elem(&host_addrs, &ip->daddr) != NULL;
 		ours = is_frontend(ip->daddr, dport, ip->protocol) || in_pod_cidr(ip->daddr) ||
-		       is_endpoint(ip->saddr, sport, ip->protocol) ||
+		       (!to_host && is_endpoint(ip->saddr, sport, ip->protocol)) ||
 		       (ip->protocol == IPPROTO_ICMP && icmp_error_is_ours(l4, end));
 	}
 	if (!ours)

@@ -48,7 +48,9 @@ pub struct WorkerConfig {
 
 /// How the worker tells the steering program which ARP replies to hand it.
 pub trait ArpSteer: Send {
-    fn expect_reply(&self, ip: Ipv4Addr) -> Result<(), SteerError>;
+    fn expect_reply(&mut self, ip: Ipv4Addr) -> Result<(), SteerError>;
+    /// Stops taking replies asked for long enough ago (the kernel's ARP needs them).
+    fn expire(&mut self);
 }
 
 /// A frame on its way to the worker that owns its flow.
@@ -227,6 +229,7 @@ impl Worker {
             self.balance_frames();
             if now >= next_chores {
                 self.pipeline.housekeeping(now, 1024);
+                self.arp.expire();
                 self.publish(generation);
                 next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }

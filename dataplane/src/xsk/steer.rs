@@ -89,6 +89,7 @@ pub struct Steering {
     frontends: HashSet<[u8; 8]>,
     endpoints: HashSet<[u8; 8]>,
     pod_cidrs: HashSet<[u8; 8]>,
+    host_addrs: HashSet<[u8; 4]>,
 }
 
 fn l4key(ip: Ipv4Addr, port: u16, proto: u8) -> [u8; 8] {
@@ -118,6 +119,7 @@ impl Steering {
             frontends: HashSet::new(),
             endpoints: HashSet::new(),
             pod_cidrs: HashSet::new(),
+            host_addrs: HashSet::new(),
         })
     }
 
@@ -208,15 +210,24 @@ impl Steering {
     pub fn arp_pending(&self) -> Result<ArpPending, SteerError> {
         let map = self.map("arp_pending")?;
         MapHandle::try_from(&map)
-            .map(ArpPending)
+            .map(|map| ArpPending {
+                map,
+                asked: std::collections::VecDeque::with_capacity(ARP_OUTSTANDING),
+            })
             .map_err(|err| SteerError::Map {
                 map: "arp_pending",
                 err,
             })
     }
 
-    /// Makes the maps say what `snap` owns: frontends, local endpoints, pod CIDRs.
-    pub fn sync(&mut self, snap: &Snapshot) -> Result<(), SteerError> {
+    /// Makes the maps say what `snap` owns: frontends, local endpoints, pod CIDRs,
+    /// and which addresses are the host's own (`extra_host_addrs`: the pods'
+    /// gateway, which lives on the host's lo).
+    pub fn sync(
+        &mut self,
+        snap: &Snapshot,
+        extra_host_addrs: &[Ipv4Addr],
+    ) -> Result<(), SteerError> {
         let frontends: HashSet<[u8; 8]> = snap
             .frontends()
             .map(|(k, _): (&ServiceKey, _)| l4key(k.ip, k.port, k.proto as u8))
@@ -241,6 +252,21 @@ impl Steering {
         self.endpoints = self.replace("endpoints", old, endpoints)?;
         let old = std::mem::take(&mut self.pod_cidrs);
         self.pod_cidrs = self.replace("pod_cidrs", old, pod_cidrs)?;
+        let host: HashSet<[u8; 4]> = snap
+            .node
+            .node_ips
+            .iter()
+            .chain(std::iter::once(&snap.node.vtep_ip))
+            .chain(extra_host_addrs)
+            .map(|ip| ip.octets())
+            .collect();
+        for k in host.difference(&self.host_addrs) {
+            self.update("host_addrs", k, &[1])?;
+        }
+        for k in self.host_addrs.difference(&host) {
+            self.delete("host_addrs", k)?;
+        }
+        self.host_addrs = host;
         Ok(())
     }
 
@@ -262,16 +288,51 @@ impl Steering {
 }
 
 /// The steering program's ARP map, owned by a worker: which ARP replies it expects.
-pub struct ArpPending(MapHandle);
+/// An entry lives [`ARP_WINDOW`]: long enough for a reply, short enough that the
+/// kernel's own ARP with the same neighbour (the kubelet probing a pod, say) is not
+/// starved of its replies. At most [`ARP_OUTSTANDING`] entries per worker.
+pub struct ArpPending {
+    map: MapHandle,
+    asked: std::collections::VecDeque<(Ipv4Addr, std::time::Instant)>,
+}
+
+/// ARP requests one worker keeps answerable at a time.
+pub const ARP_OUTSTANDING: usize = 1024;
+/// How long kxdp takes the ARP replies of an address it asked for.
+pub const ARP_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl ArpPending {
+    fn forget_oldest(&mut self) {
+        if let Some((old, _)) = self.asked.pop_front() {
+            if !self.asked.iter().any(|(ip, _)| *ip == old) {
+                let _ = self.map.delete(&old.octets());
+            }
+        }
+    }
+}
 
 impl crate::worker::ArpSteer for ArpPending {
-    fn expect_reply(&self, ip: Ipv4Addr) -> Result<(), SteerError> {
-        self.0
+    fn expect_reply(&mut self, ip: Ipv4Addr) -> Result<(), SteerError> {
+        if self.asked.len() >= ARP_OUTSTANDING {
+            self.forget_oldest();
+        }
+        self.asked.push_back((ip, std::time::Instant::now()));
+        self.map
             .update(&ip.octets(), &[1], MapFlags::ANY)
             .map_err(|err| SteerError::Map {
                 map: "arp_pending",
                 err,
             })
+    }
+
+    fn expire(&mut self) {
+        while self
+            .asked
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() >= ARP_WINDOW)
+        {
+            self.forget_oldest();
+        }
     }
 }
 
