@@ -54,9 +54,17 @@
 //! show every packet transmitted, none dropped or passed, so a drop path cannot be
 //! measured by mistake.
 
+// The same two-node world the pipeline tests use (addresses, MACs, ports, node2).
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod world;
+
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
+use world::{
+    pod_mac, A, ACK, B, C, EXTERNAL, MAC_EXTERNAL, MAC_NODE2, MAC_UPLINK, NODE1, NODE2, POD_A,
+    POD_B, POD_C, REMOTE_POD, SNAT, SYN, UPLINK, VIP, VIP_REMOTE, VTEP1, VTEP2,
+};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -65,11 +73,7 @@ use kxdp_dataplane::flow::{mix64, Nanos, Proto};
 use kxdp_dataplane::frame::{Frame, HEADROOM};
 use kxdp_dataplane::neighbour::Neighbour;
 use kxdp_dataplane::pipeline::{Config, Pipeline};
-use kxdp_dataplane::ports::{Port, PortRole, Ports};
-use kxdp_dataplane::snapshot::{
-    EndpointSpec, Ipv4Net, LocalNode, Mac, RemoteNode, ServicePortSpec, Snapshot, SnapshotBuilder,
-    Vni,
-};
+use kxdp_dataplane::snapshot::{EndpointSpec, Mac, ServicePortSpec, Snapshot, SnapshotBuilder};
 use kxdp_dataplane::verdict::{PortId, Verdict};
 
 /// Frames per batch, as a worker reads them from its RX ring.
@@ -85,34 +89,10 @@ const NEW_FLOW_WINDOW: usize = 65_536;
 /// Simulated time between batches.
 const BATCH_GAP: u64 = 1_000;
 
-const UPLINK: PortId = PortId(0);
-const POD_A: PortId = PortId(1);
-const POD_B: PortId = PortId(2);
-const POD_C: PortId = PortId(3);
-
-const A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
-const B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
-const C: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 12);
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 10);
-const NODE1: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 1);
-const NODE2: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 2);
-const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 100);
-const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-const VIP_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 30);
 const NODE_PORT_LOCAL: u16 = 30080;
 const NODE_PORT_CLUSTER: u16 = 30090;
 const BACKEND_PORT: u16 = 8080;
 const VXLAN_PORT: u16 = 8472;
-
-const MAC_UPLINK: Mac = Mac([0x02, 0, 0, 0, 0, 0x01]);
-const MAC_NODE2: Mac = Mac([0x02, 0, 0, 0, 0, 0x02]);
-const MAC_EXTERNAL: Mac = Mac([0x02, 0, 0, 0, 0, 0x64]);
-const VTEP1: Mac = Mac([0x02, 0, 0xc6, 0x13, 0x80, 0x01]);
-const VTEP2: Mac = Mac([0x02, 0, 0xc6, 0x13, 0x80, 0x02]);
-
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
 
 // Offsets in an Ethernet + IPv4 (no options) + TCP frame.
 const IP_CSUM: usize = 24;
@@ -120,30 +100,6 @@ const IP_SRC: usize = 26;
 const TCP_SPORT: usize = 34;
 const TCP_FLAGS_WORD: usize = 46;
 const TCP_CSUM: usize = 50;
-
-fn pod_mac(ip: Ipv4Addr) -> Mac {
-    Mac([0x0a, 0x58, 198, 18, ip.octets()[2], ip.octets()[3]])
-}
-
-fn ports() -> Ports {
-    let mut v = vec![Port {
-        name: "uplink".into(),
-        role: PortRole::Uplink,
-        mac: MAC_UPLINK,
-        mtu: 1500,
-        partial_checksums: false,
-    }];
-    for (i, name) in ["podA", "podB", "podC"].into_iter().enumerate() {
-        v.push(Port {
-            name: name.into(),
-            role: PortRole::Pod,
-            mac: Mac([0xee, 0xee, 0, 0, 0, i as u8 + 1]),
-            mtu: 1500,
-            partial_checksums: true,
-        });
-    }
-    Ports::new(v)
-}
 
 fn svc(name: &str, vip: Ipv4Addr, backends: &[(Ipv4Addr, u16, bool)]) -> ServicePortSpec {
     ServicePortSpec {
@@ -171,23 +127,8 @@ fn svc(name: &str, vip: Ipv4Addr, backends: &[(Ipv4Addr, u16, bool)]) -> Service
 }
 
 fn snapshot() -> Snapshot {
-    let node = LocalNode {
-        name: "node1".into(),
-        pod_cidrs: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 1, 0), 24).unwrap()],
-        vtep_ip: NODE1,
-        vtep_mac: VTEP1,
-        vni: Vni::new(1).unwrap(),
-        node_ips: vec![NODE1],
-        snat_ip: SNAT,
-    };
-    let mut b = SnapshotBuilder::new(1, node, 65537);
-    b.add_remote_node(RemoteNode {
-        name: "node2".into(),
-        pod_cidrs: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 2, 0), 24).unwrap()],
-        vtep_ip: NODE2,
-        vtep_mac: VTEP2,
-        vni: Vni::new(1).unwrap(),
-    });
+    let mut b = SnapshotBuilder::new(1, world::local_node(), 65537);
+    b.add_remote_node(world::node2());
     let local = [(A, BACKEND_PORT, true), (B, BACKEND_PORT, true)];
     b.add_service_port(svc("default/web:http", VIP, &local))
         .unwrap();
@@ -216,7 +157,7 @@ fn snapshot() -> Snapshot {
 /// A worker's pipeline with default table sizes that knows its pods (learned) and
 /// node2's VTEP (pinned).
 fn pipeline() -> Pipeline {
-    let mut p = Pipeline::new(Config::new(ports()));
+    let mut p = Pipeline::new(Config::new(world::ports(1500)));
     let n = p.neighbours_mut();
     for (ip, port) in [(A, POD_A), (B, POD_B), (C, POD_C)] {
         let mac = pod_mac(ip);

@@ -111,14 +111,13 @@ pub fn quoted_tuple(icmp: &[u8]) -> Option<FiveTuple> {
 }
 
 /// Rewrites the packet quoted in the ICMP message `icmp` from `from` to `to` and fixes
-/// the quoted header's checksum and the ICMP checksum. The outer IP header is the
+/// the quoted headers' checksums (incrementally) and the ICMP checksum. The outer IP header is the
 /// caller's.
 pub fn translate_quoted(icmp: &mut [u8], from: &FiveTuple, to: &FiveTuple) {
     let quoted = &mut icmp[ICMP_LEN..];
     // The quoted L4 checksum covers bytes the error does not carry: only an
     // incremental update can keep it consistent.
     nat::rewrite(quoted, from, to, L4Csum::Incremental);
-    nat::fill_ip_checksum(quoted);
     icmp[2..4].copy_from_slice(&[0, 0]);
     let c = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());

@@ -72,9 +72,7 @@ impl NeighbourTable {
     /// news (the address was unknown or has moved), not just a refresh.
     #[inline]
     pub fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) -> bool {
-        let news = self.get(ip) != Some(n);
-        self.put(ip, n, now, false);
-        news && self.get(ip) == Some(n)
+        self.put(ip, n, now, false)
     }
 
     /// A static entry (configuration): learning never overrides it.
@@ -82,7 +80,8 @@ impl NeighbourTable {
         self.put(ip, n, Nanos(u64::MAX), true);
     }
 
-    fn put(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos, pinned: bool) {
+    /// One probe of the window; true when the entry is new or changed.
+    fn put(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos, pinned: bool) -> bool {
         let h = self.home(ip);
         let mut victim: Option<usize> = None;
         for i in 0..PROBE {
@@ -90,10 +89,14 @@ impl NeighbourTable {
             let s = self.slots[at];
             if s.used && s.ip == ip {
                 if s.pinned && !pinned {
-                    return;
+                    return false;
                 }
-                victim = Some(at);
-                break;
+                let slot = &mut self.slots[at];
+                let news = slot.n != n;
+                slot.n = n;
+                slot.seen = now;
+                slot.pinned = pinned;
+                return news;
             }
             let better = match victim {
                 None => !s.pinned,
@@ -106,15 +109,17 @@ impl NeighbourTable {
                 victim = Some(at);
             }
         }
-        if let Some(v) = victim {
-            self.slots[v] = Slot {
-                ip,
-                n,
-                seen: now,
-                used: true,
-                pinned,
-            };
-        }
+        let Some(v) = victim else {
+            return false; // a window of static entries: nothing to give way
+        };
+        self.slots[v] = Slot {
+            ip,
+            n,
+            seen: now,
+            used: true,
+            pinned,
+        };
+        true
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, Neighbour)> + '_ {

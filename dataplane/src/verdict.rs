@@ -61,15 +61,6 @@ drop_reasons! {
     FlowClash => "flow_clash", "The translated tuple is already another flow's.";
 }
 
-/// Events that are neither a drop nor a plain forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IcmpSent {
-    /// A Service without endpoints rejected a connection (port unreachable).
-    Rejected,
-    /// Fragmentation needed: a DF packet would not fit the underlay after encapsulation.
-    FragNeeded,
-}
-
 /// Per-worker counters; the worker exports them, the pipeline only adds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -105,23 +96,6 @@ impl Counters {
 
     pub fn dropped(&self) -> u64 {
         self.drops.iter().sum()
-    }
-
-    /// Adds another worker's counters into these.
-    pub fn merge(&mut self, o: &Counters) {
-        self.rx += o.rx;
-        self.tx += o.tx;
-        self.pass += o.pass;
-        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
-            *a += b;
-        }
-        self.rejected += o.rejected;
-        self.frag_needed += o.frag_needed;
-        self.encapsulated += o.encapsulated;
-        self.decapsulated += o.decapsulated;
-        self.new_flows += o.new_flows;
-        self.arp_learned += o.arp_learned;
-        self.handoffs += o.handoffs;
     }
 }
 

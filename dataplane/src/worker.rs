@@ -296,19 +296,15 @@ impl Worker {
 
     /// Tells the other workers what this one learned, and learns what they did.
     fn share_neighbours(&mut self, now: Nanos) {
-        let fleet = self.shared.fleet.clone();
-        if fleet.neighbours.len() > 1 {
-            for (ip, n) in self.pipeline.neighbour_news() {
-                for (w, q) in fleet.neighbours.iter().enumerate() {
-                    if w != self.id {
-                        let _ = q.push((ip, n));
-                    }
+        let queues = &self.shared.fleet.neighbours;
+        for (ip, n) in self.pipeline.neighbour_news() {
+            for (w, q) in queues.iter().enumerate() {
+                if w != self.id {
+                    let _ = q.push((ip, n));
                 }
             }
-        } else {
-            self.pipeline.neighbour_news().for_each(drop);
         }
-        while let Some((ip, n)) = fleet.neighbours[self.id].pop() {
+        while let Some((ip, n)) = queues[self.id].pop() {
             self.pipeline.neighbours_mut().learn(ip, n, now);
         }
     }
@@ -333,6 +329,9 @@ impl Worker {
 
     /// Builds the ARP requests the pipeline queued into free frames.
     fn send_arp_requests(&mut self, snap: &Snapshot) {
+        if self.pipeline.resolve_requests().is_empty() {
+            return;
+        }
         let mut requests = [None; crate::resolve::QUEUE];
         for (slot, r) in requests
             .iter_mut()

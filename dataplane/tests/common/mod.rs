@@ -85,6 +85,17 @@ pub fn local_node() -> LocalNode {
     }
 }
 
+/// node2 as node1 sees it: pod CIDR 198.18.2.0/24 behind VTEP NODE2.
+pub fn node2() -> RemoteNode {
+    RemoteNode {
+        name: "node2".into(),
+        pod_cidrs: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 2, 0), 24).unwrap()],
+        vtep_ip: NODE2,
+        vtep_mac: VTEP2,
+        vni: Vni::new(1).unwrap(),
+    }
+}
+
 pub fn ep(ip: Ipv4Addr, port: u16, local: bool) -> EndpointSpec {
     EndpointSpec {
         addr: SocketAddrV4::new(ip, port),
@@ -199,13 +210,7 @@ pub fn snapshot_with(generation: u64, tweak: impl FnOnce(&mut Vec<ServicePortSpe
     ];
     tweak(&mut specs);
     let mut b = SnapshotBuilder::new(generation, local_node(), 65537);
-    b.add_remote_node(RemoteNode {
-        name: "node2".into(),
-        pod_cidrs: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 2, 0), 24).unwrap()],
-        vtep_ip: NODE2,
-        vtep_mac: VTEP2,
-        vni: Vni::new(1).unwrap(),
-    });
+    b.add_remote_node(node2());
     for s in specs {
         b.add_service_port(s).unwrap();
     }
