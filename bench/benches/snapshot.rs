@@ -1,19 +1,18 @@
-//! How long the control side takes to turn a large cluster into a snapshot:
-//! `translate` over 10,000 Services x 4 endpoints (one EndpointSlice each) and two
-//! nodes, with M = 65537 as the cap on Maglev table sizes: from nothing, and with one
-//! endpoint changed given the previous snapshot (`translate_reusing`, which rebuilds
-//! one Maglev table but still walks every object). For scale, the copy of the same
-//! objects that the API source's `objects()` makes before each translation.
+//! How long the control side takes to turn a large cluster into a snapshot: 10,000
+//! Services x 4 endpoints (one EndpointSlice each) and two nodes, with M = 65537 as the
+//! cap on Maglev table sizes. From nothing (a `Translator` given the whole set, as at
+//! start or after a list), and one endpoint changed (a `Translator` that holds the
+//! cluster told of one changed EndpointSlice, as a watch event tells it: it translates
+//! that Service again, rebuilds its Maglev table and reassembles the snapshot).
 //!
 //! The objects are built in code, outside the timed part; the snapshot is dropped
 //! outside it too (`iter_with_large_drop`), since the control thread hands it on.
 
 use std::collections::BTreeMap;
-use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use kxdp_control::objects::k8s_openapi::api::core::v1::{
     Node, NodeAddress, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec,
 };
@@ -23,7 +22,9 @@ use kxdp_control::objects::k8s_openapi::api::discovery::v1::{
 use kxdp_control::objects::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kxdp_control::objects::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kxdp_control::objects::Objects;
-use kxdp_control::translate::{translate, translate_reusing, TranslateConfig};
+use kxdp_control::translate::{translate, TranslateConfig, Translator};
+use kxdp_control::translator::Changes;
+use std::sync::Arc;
 
 const SERVICES: usize = 10_000;
 const ENDPOINTS_PER_SERVICE: usize = 4;
@@ -166,27 +167,44 @@ fn bench_translate(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
     g.bench_function("10k_services_x4_endpoints", |b| {
-        b.iter_with_large_drop(|| translate(black_box(&objects), &cfg, 1).unwrap())
+        b.iter_batched(
+            || objects.clone(),
+            |objects| {
+                let mut t = Translator::new(cfg.clone());
+                t.replace(objects);
+                t.build(1).unwrap()
+            },
+            BatchSize::LargeInput,
+        )
     });
 
-    // One endpoint of one Service moves to a new pod: the next snapshot, given the
-    // previous one.
-    let previous = translate(&objects, &cfg, 1).unwrap().snapshot;
-    let mut changed = objects.clone();
-    let moved = &mut changed.slices[SERVICES / 2].endpoints[0].addresses[0];
-    *moved = "198.18.127.250".to_owned();
-    let t = translate_reusing(&changed, &cfg, 2, &previous).unwrap();
-    assert_eq!(t.snapshot.services().len(), SERVICES);
-    drop(t);
+    // One endpoint of one Service moves to a new pod and back, as two watch events:
+    // each build translates one Service again and reassembles the snapshot.
+    let mut translator = Translator::new(cfg.clone());
+    translator.replace(objects.clone());
+    translator.build(1).unwrap();
+    let original = Arc::new(objects.slices[SERVICES / 2].clone());
+    let mut moved = objects.slices[SERVICES / 2].clone();
+    moved.endpoints[0].addresses[0] = "198.18.127.250".to_owned();
+    let moved = Arc::new(moved);
+    let key = (
+        "bench".to_owned(),
+        original.metadata.name.clone().expect("named"),
+    );
+    let mut generation = 1;
     g.bench_function("10k_services_one_endpoint_changed", |b| {
         b.iter_with_large_drop(|| {
-            translate_reusing(black_box(&changed), &cfg, 2, &previous).unwrap()
+            generation += 1;
+            let slice = if generation % 2 == 0 {
+                &moved
+            } else {
+                &original
+            };
+            translator.apply_slices(Changes::Some(vec![(key.clone(), Some(slice.clone()))]));
+            let t = translator.build(generation).unwrap();
+            assert_eq!(t.snapshot.services().len(), SERVICES);
+            t
         })
-    });
-    // What the API source's `objects()` does before every translation: copy the
-    // stores (here a plain clone of the same objects).
-    g.bench_function("10k_services_objects_copy", |b| {
-        b.iter_with_large_drop(|| black_box(&objects).clone())
     });
     g.finish();
 }

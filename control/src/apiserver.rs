@@ -14,22 +14,27 @@
 //! episode starts and once when it ends, and [`ApiSource::objects`] keeps returning the
 //! last good state.
 //!
+//! Besides the whole state ([`ApiSource::objects`]), the source remembers which objects
+//! each event touched, so that [`ApiSource::take_changes`] hands the translation only
+//! those (or everything, after a list).
+//!
 //! tokio stays inside this module: the watches run on a current-thread runtime on their
 //! own thread, and the rest of kxdp reads the stores synchronously.
 //!
 //! [reflector]: kube::runtime::reflector
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::Backoff as KubeBackoff;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
@@ -37,6 +42,7 @@ use kube::{Api, Client, Config, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::objects::Objects;
+use crate::translator::{Changes, Key};
 
 /// How to reach the API server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,17 +148,54 @@ impl Kind {
     }
 }
 
+/// The objects of one kind that changed since the changes were last taken.
+struct Dirty {
+    /// A list replaced the whole store (and at the start: nothing was taken yet).
+    all: bool,
+    keys: HashSet<Key>,
+}
+
+impl Default for Dirty {
+    fn default() -> Dirty {
+        Dirty {
+            all: true,
+            keys: HashSet::new(),
+        }
+    }
+}
+
 /// What the watch tasks tell the readers.
 #[derive(Default)]
 struct Watches {
     /// The API server's URL, for the log.
     server: String,
     changed: AtomicU64,
+    /// Notified after `changed` moves (see [`ApiSource::wait_changed`]).
+    wake: (Mutex<()>, Condvar),
+    dirty: [Mutex<Dirty>; 3],
     synced: [AtomicBool; 3],
     failing: [AtomicBool; 3],
 }
 
 impl Watches {
+    fn mark(&self, kind: Kind, key: Option<Key>) {
+        let mut d = self.dirty[kind as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(key) => {
+                d.keys.insert(key);
+            }
+            None => d.all = true,
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.fetch_add(1, Ordering::AcqRel);
+        let _guard = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.1.notify_all();
+    }
+
     fn any_failing(&self) -> bool {
         self.failing.iter().any(|f| f.load(Ordering::Acquire))
     }
@@ -308,6 +351,35 @@ impl ApiSource {
         self.watches.changed.load(Ordering::Acquire)
     }
 
+    /// Waits until [`ApiSource::changed`] is no longer `seen`, at most `limit`.
+    pub fn wait_changed(&self, seen: u64, limit: Duration) {
+        let guard = self
+            .watches
+            .wake
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .watches
+            .wake
+            .1
+            .wait_timeout_while(guard, limit, |_| self.changed() == seen);
+    }
+
+    /// What changed since the last call, per kind: the objects events touched, with
+    /// what the stores hold for them now (None: deleted), or every object after a
+    /// list. The first call returns everything.
+    pub fn take_changes(&self) -> (Changes<Service>, Changes<EndpointSlice>, Changes<Node>) {
+        (
+            take(&self.services, &self.watches.dirty[Kind::Service as usize]),
+            take(
+                &self.slices,
+                &self.watches.dirty[Kind::EndpointSlice as usize],
+            ),
+            take(&self.nodes, &self.watches.dirty[Kind::Node as usize]),
+        )
+    }
+
     /// True once the first list of each of the three kinds is in the stores.
     pub fn synced(&self) -> bool {
         self.watches
@@ -344,6 +416,33 @@ impl Drop for ApiSource {
             let _ = t.join();
         }
     }
+}
+
+fn take<K>(store: &Store<K>, dirty: &Mutex<Dirty>) -> Changes<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let d = std::mem::replace(
+        &mut *dirty.lock().unwrap_or_else(|e| e.into_inner()),
+        Dirty {
+            all: false,
+            keys: HashSet::new(),
+        },
+    );
+    if d.all {
+        return Changes::All(store.state());
+    }
+    Changes::Some(
+        d.keys
+            .into_iter()
+            .map(|(ns, name)| {
+                let at = ObjectRef::new(&name);
+                let at = if ns.is_empty() { at } else { at.within(&ns) };
+                let now = store.get(&at);
+                ((ns, name), now)
+            })
+            .collect(),
+    )
 }
 
 /// The client configuration and the server URL it names.
@@ -432,15 +531,24 @@ where
             match event {
                 Ok(event) => {
                     watches.succeeded(kind);
+                    // The store has applied the event when it comes out here.
                     match event {
-                        Event::Apply(_) | Event::Delete(_) => {}
+                        Event::Apply(o) | Event::Delete(o) => {
+                            let meta = o.meta();
+                            let key = (
+                                meta.namespace.clone().unwrap_or_default(),
+                                meta.name.clone().unwrap_or_default(),
+                            );
+                            watches.mark(kind, Some(key));
+                        }
                         Event::InitDone => {
+                            watches.mark(kind, None);
                             watches.synced[kind as usize].store(true, Ordering::Release)
                         }
                         // A (re)list is buffered by the store until InitDone.
                         Event::Init | Event::InitApply(_) => continue,
                     }
-                    watches.changed.fetch_add(1, Ordering::AcqRel);
+                    watches.notify();
                 }
                 Err(e) => watches.failed(kind, &e),
             }

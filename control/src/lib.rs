@@ -9,3 +9,4 @@ pub mod objects;
 pub mod replay;
 pub mod run;
 pub mod translate;
+pub mod translator;

@@ -1,5 +1,7 @@
 //! The `kxdp` binary: parses flags, loads objects, and hands over to the subcommand.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,10 +11,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kxdp_control::apiserver::{Access, ApiSource, Backoff};
 use kxdp_control::cli::{Cli, Command, ReplayArgs, RunArgs};
-use kxdp_control::objects::{parse_objects, Objects};
+use kxdp_control::objects::{parse_objects, ObjectError, Objects};
 use kxdp_control::replay::{self, ReplayOptions};
 use kxdp_control::run::Source;
-use kxdp_control::translate::{translate, translate_reusing, TranslateConfig};
+use kxdp_control::translate::{translate, TranslateConfig, Translator};
 use kxdp_dataplane::snapshot::Snapshot;
 
 /// The log filter without RUST_LOG.
@@ -43,64 +45,66 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads and translates the objects file; invalid objects are reported and skipped.
-fn load_snapshot(
-    path: &Path,
-    node_name: &str,
-    max_table_size: u32,
-    generation: u64,
-    previous: Option<&Snapshot>,
-) -> Result<Snapshot> {
+/// Reads the objects file; objects that do not load are reported and skipped.
+fn read_objects(path: &Path) -> Result<Objects> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read objects file {}", path.display()))?;
     let parsed = parse_objects(&text);
     for e in &parsed.errors {
         tracing::warn!("rejected {e}");
     }
-    translate_objects(
-        &parsed.objects,
-        node_name,
-        max_table_size,
-        generation,
-        previous,
-    )
-    .with_context(|| format!("objects file {}", path.display()))
+    Ok(parsed.objects)
 }
 
-/// Translates objects from either source; invalid objects are reported and skipped.
-fn translate_objects(
-    objects: &Objects,
-    node_name: &str,
-    max_table_size: u32,
-    generation: u64,
-    previous: Option<&Snapshot>,
-) -> Result<Snapshot> {
-    let cfg = TranslateConfig {
-        node_name: node_name.to_owned(),
-        max_table_size,
-    };
-    // Unchanged Service ports keep their Maglev tables (shared, not rebuilt).
-    let t = match previous {
-        Some(prev) => translate_reusing(objects, &cfg, generation, prev)?,
-        None => translate(objects, &cfg, generation)?,
-    };
-    for e in &t.errors {
-        tracing::warn!("rejected {e}");
+/// Logs each object error once while it lasts (a source rebuilds often, and most
+/// errors outlive many rebuilds).
+#[derive(Default)]
+struct Rejections {
+    logged: HashSet<String>,
+}
+
+impl Rejections {
+    fn report(&mut self, errors: &[ObjectError]) {
+        let now: HashSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        for e in now.difference(&self.logged) {
+            tracing::warn!("rejected {e}");
+        }
+        self.logged = now;
     }
+}
+
+/// Builds a snapshot from what the translator was given and reports new errors.
+fn build(
+    translator: &mut Translator,
+    rejections: &mut Rejections,
+    generation: u64,
+) -> Result<Arc<Snapshot>> {
+    let t = translator.build(generation)?;
+    rejections.report(&t.errors);
     Ok(t.snapshot)
 }
 
 fn run_cmd(a: RunArgs) -> Result<()> {
-    let node = a.objects.node_name.clone();
-    let m = a.pipeline.maglev_table_size;
+    let cfg = TranslateConfig {
+        node_name: a.objects.node_name.clone(),
+        max_table_size: a.pipeline.maglev_table_size,
+    };
+    // Kept across rebuilds: unchanged Service ports keep their Maglev tables.
+    let translator = RefCell::new(Translator::new(cfg));
+    let rejections = RefCell::new(Rejections::default());
     if let Some(path) = a.objects.objects.clone() {
         let changes = kxdp_control::run::file_changes(path.clone());
-        let load = move |generation, previous: Option<&Snapshot>| {
-            load_snapshot(&path, &node, m, generation, previous)
+        let load = move |generation| {
+            let objects = read_objects(&path)?;
+            let mut t = translator.borrow_mut();
+            t.replace(objects);
+            build(&mut t, &mut rejections.borrow_mut(), generation)
+                .with_context(|| format!("objects file {}", path.display()))
         };
         let source = Source {
             load: &load,
             changes: &changes,
+            wait: &|_, limit| std::thread::sleep(limit),
             failing: &|| false,
         };
         return kxdp_control::run::run(a, &source);
@@ -113,15 +117,21 @@ fn run_cmd(a: RunArgs) -> Result<()> {
     // Before run: the first lists move `changed()`, and a run loop that saw them
     // move would rebuild the first snapshot again for nothing.
     wait_for_sync(&source);
-    let (watched, checked) = (source.clone(), source.clone());
-    let load = move |generation, previous: Option<&Snapshot>| {
+    let (watched, waited, checked) = (source.clone(), source.clone(), source.clone());
+    let load = move |generation| {
         wait_for_sync(&source);
-        translate_objects(&source.objects(), &node, m, generation, previous)
+        let (services, slices, nodes) = source.take_changes();
+        let mut t = translator.borrow_mut();
+        t.apply_nodes(nodes);
+        t.apply_slices(slices);
+        t.apply_services(services);
+        build(&mut t, &mut rejections.borrow_mut(), generation)
             .context("objects from the API server")
     };
     let source = Source {
         load: &load,
         changes: &move || watched.changed(),
+        wait: &move |seen, limit| waited.wait_changed(seen, limit),
         failing: &move || checked.failing(),
     };
     kxdp_control::run::run(a, &source)
@@ -141,13 +151,17 @@ fn wait_for_sync(source: &ApiSource) {
 }
 
 fn replay_cmd(a: ReplayArgs) -> Result<()> {
-    let snap = load_snapshot(
-        &a.objects.objects,
-        &a.objects.node_name,
-        a.pipeline.maglev_table_size,
-        1,
-        None,
-    )?;
+    let cfg = TranslateConfig {
+        node_name: a.objects.node_name.clone(),
+        max_table_size: a.pipeline.maglev_table_size,
+    };
+    let path = &a.objects.objects;
+    let t = translate(&read_objects(path)?, &cfg, 1)
+        .with_context(|| format!("objects file {}", path.display()))?;
+    for e in &t.errors {
+        tracing::warn!("rejected {e}");
+    }
+    let snap = t.snapshot;
     let opts = ReplayOptions {
         input: a.input,
         output: a.output,

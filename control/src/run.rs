@@ -35,9 +35,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Builds the snapshot of a given generation from the objects source.
-/// Builds the snapshot of a generation, reusing what it can of the previous one.
-pub type Loader = dyn Fn(u64, Option<&Snapshot>) -> Result<Snapshot>;
+/// Builds the snapshot of a given generation from the objects source (which keeps
+/// what it can of the previous one).
+pub type Loader = dyn Fn(u64) -> Result<Arc<Snapshot>>;
 
 /// A number that moves when the objects may have changed: the objects file's
 /// modification time, the API source's event count. Read before loading, so that a
@@ -48,6 +48,9 @@ pub type Changes = dyn Fn() -> u64;
 pub struct Source<'a> {
     pub load: &'a Loader,
     pub changes: &'a Changes,
+    /// Returns when `changes` may have moved from the value given, or after the
+    /// duration: a source that can say when it changes wakes the loop at once.
+    pub wait: &'a dyn Fn(u64, Duration),
     /// True while the source cannot reach the objects and the last known ones serve
     /// (the API watches failing). A file source never is: a file that does not load
     /// shows as a change not applied.
@@ -171,7 +174,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     let sync_metrics = SyncMetrics::default();
     let mut seen = (source.changes)();
     let started = Instant::now();
-    let snap = (source.load)(1, None)?;
+    let snap = (source.load)(1)?;
     let built = started.elapsed();
     let mode = match a.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
@@ -194,7 +197,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     }
     let started = Instant::now();
     steering.sync(&snap, &[a.gateway_ip])?;
-    let shared_snapshot = Arc::new(ArcSwap::from_pointee(snap));
+    let shared_snapshot = Arc::new(ArcSwap::new(snap));
     // The first sync too (as kube-proxy's); attaching the program is not part of it.
     sync_metrics
         .sync_duration
@@ -272,6 +275,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
         endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
     ];
+    let wakers: Vec<_> = workers.iter().map(|w| w.waker()).collect();
     let handles: Vec<_> = workers
         .into_iter()
         .enumerate()
@@ -296,13 +300,20 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     let mut pending: Option<Instant> = None;
     // (generation, change noticed, published) of snapshots not yet used by every worker.
     let mut converging: VecDeque<(u64, Instant, Instant)> = VecDeque::new();
+    // Snapshots replaced (by the generation given), freed here once every worker has
+    // moved on, so that no worker frees one between two batches.
+    let mut retired: VecDeque<(u64, Arc<Snapshot>)> = VecDeque::new();
     let mut failing_since: Option<Instant> = None;
     let mut workers_running = true;
     while !STOP.load(Ordering::Relaxed) {
         let fast = converging
             .front()
             .is_some_and(|&(_, _, published)| published.elapsed() < CONVERGE_FAST_FOR);
-        std::thread::sleep(if fast { CONVERGE_TICK } else { TICK });
+        if fast {
+            std::thread::sleep(CONVERGE_TICK);
+        } else {
+            (source.wait)(seen, TICK);
+        }
         let now = Instant::now();
         let current = (source.changes)();
         if current != seen {
@@ -317,12 +328,17 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         if forced || (dirty && last_sync.elapsed() >= a.objects.min_sync_period) {
             dirty = false;
             last_sync = Instant::now();
-            let previous = shared_snapshot.load_full();
-            match (source.load)(generation + 1, Some(&previous)) {
+            match (source.load)(generation + 1) {
                 Ok(snap) => {
                     generation += 1;
                     steering.sync(&snap, &[a.gateway_ip])?;
-                    shared_snapshot.store(Arc::new(snap));
+                    // The old snapshot is freed (by whoever drops it last) after the
+                    // workers have been told: not on the way to them.
+                    let old = shared_snapshot.swap(snap);
+                    for w in &wakers {
+                        // A worker that cannot be woken takes it at its poll timeout.
+                        let _ = w.wake();
+                    }
                     generation_published.store(generation, Ordering::Relaxed);
                     let published = Instant::now();
                     sync_metrics
@@ -339,6 +355,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
                         s.published = published;
                     });
                     tracing::info!(generation, "objects reloaded");
+                    retired.push_back((generation, old));
                 }
                 Err(e) => {
                     tracing::error!("objects reload failed, keeping generation {generation}: {e:#}")
@@ -360,6 +377,13 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
                 .programming_duration
                 .observe(noticed.elapsed().as_secs_f64());
             converging.pop_front();
+        }
+        while retired.front().is_some_and(|&(g, _)| g <= slowest) {
+            retired.pop_front();
+        }
+        if retired.len() > CONVERGING_MAX {
+            // A worker that stopped following: its last snapshot stays alive anyway.
+            retired.pop_front();
         }
         failing_since = match (source.failing)() {
             true => failing_since.or(Some(now)),

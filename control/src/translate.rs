@@ -27,18 +27,18 @@
 //! endpoints are sorted by address, so the same objects give the same snapshot in any
 //! order, and every node builds the same Maglev table for the same endpoint set.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kxdp_dataplane::flow::{Nanos, Proto};
 use kxdp_dataplane::snapshot::{
-    EndpointSpec, Ipv4Net, LocalNode, Mac, RemoteNode, ServicePortSpec, Snapshot, SnapshotBuilder,
-    SpecError, Vni,
+    EndpointSpec, Ipv4Net, LocalNode, Mac, RemoteNode, ServicePortSpec, Snapshot, Vni,
 };
 
 use crate::objects::{ObjectError, Objects};
+pub use crate::translator::Translator;
 
 /// flannel's annotation for the node's VTEP (underlay) address.
 pub const ANNOTATION_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
@@ -66,7 +66,8 @@ pub struct TranslateConfig {
 /// A snapshot and what had to be left out of it.
 #[derive(Debug)]
 pub struct Translated {
-    pub snapshot: Snapshot,
+    /// Shared: a [`Translator`] keeps it to patch the next one from.
+    pub snapshot: Arc<Snapshot>,
     pub errors: Vec<ObjectError>,
 }
 
@@ -113,51 +114,24 @@ pub enum NodeProblem {
     BadBackendData { why: String },
 }
 
-/// Builds the snapshot of `objects` as seen from `cfg.node_name`.
+/// Builds the snapshot of `objects` as seen from `cfg.node_name`, from nothing. A
+/// [`Translator`] does the same and keeps its results for the next change.
 pub fn translate(
     objects: &Objects,
     cfg: &TranslateConfig,
     generation: u64,
 ) -> Result<Translated, TranslateError> {
-    translate_from(objects, cfg, generation, None)
+    let mut t = Translator::new(cfg.clone());
+    t.replace(objects.clone());
+    t.build(generation)
 }
 
-/// [`translate`], taking over from `previous` every Service port whose spec did not
-/// change (see [`SnapshotBuilder::reusing`]): the same snapshot, built faster.
-pub fn translate_reusing(
-    objects: &Objects,
+/// This node and the others, from Nodes sorted by name with duplicates removed.
+pub(crate) fn describe_nodes(
+    nodes: &[(&str, &Node)],
     cfg: &TranslateConfig,
-    generation: u64,
-    previous: &Snapshot,
-) -> Result<Translated, TranslateError> {
-    translate_from(objects, cfg, generation, Some(previous))
-}
-
-fn translate_from(
-    objects: &Objects,
-    cfg: &TranslateConfig,
-    generation: u64,
-    previous: Option<&Snapshot>,
-) -> Result<Translated, TranslateError> {
-    let mut errors = Vec::new();
-
-    let mut nodes: Vec<(&str, &Node)> = Vec::with_capacity(objects.nodes.len());
-    for n in &objects.nodes {
-        match n.metadata.name.as_deref() {
-            Some(name) if !name.is_empty() => nodes.push((name, n)),
-            _ => errors.push(ObjectError::cluster("Node", "", "metadata.name is missing")),
-        }
-    }
-    // Stable: of two Nodes with one name, the file's first wins.
-    nodes.sort_by_key(|(name, _)| *name);
-    let nodes = dedupe_by_name(nodes, |name| {
-        errors.push(ObjectError::cluster(
-            "Node",
-            name,
-            "a Node of the same name came earlier in the objects; this one is ignored",
-        ))
-    });
-
+    errors: &mut Vec<ObjectError>,
+) -> Result<(LocalNode, Vec<RemoteNode>), TranslateError> {
     let Some(&(_, own)) = nodes.iter().find(|(name, _)| *name == cfg.node_name) else {
         let known: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
         return Err(TranslateError::NodeMissing {
@@ -169,23 +143,18 @@ fn translate_from(
             },
         });
     };
-    let local = local_node(own, &cfg.node_name, &mut errors).map_err(|problem| {
-        TranslateError::LocalNode {
+    let local =
+        local_node(own, &cfg.node_name, errors).map_err(|problem| TranslateError::LocalNode {
             node: cfg.node_name.clone(),
             problem,
-        }
-    })?;
-    let mut builder = SnapshotBuilder::new(generation, local, cfg.max_table_size);
-    if let Some(previous) = previous {
-        builder = builder.reusing(previous);
-    }
-
-    for &(name, node) in &nodes {
+        })?;
+    let mut remotes = Vec::with_capacity(nodes.len());
+    for &(name, node) in nodes {
         if name == cfg.node_name {
             continue;
         }
-        match describe_node(node, name, &mut errors) {
-            Ok(v) => builder.add_remote_node(RemoteNode {
+        match describe_node(node, name, errors) {
+            Ok(v) => remotes.push(RemoteNode {
                 name: name.to_owned(),
                 pod_cidrs: v.pod_cidrs,
                 vtep_ip: v.vtep_ip,
@@ -199,61 +168,7 @@ fn translate_from(
             )),
         }
     }
-
-    let slices = slices_by_service(&objects.slices, &cfg.node_name, &mut errors);
-
-    let mut services: Vec<(&str, &str, &Service)> = Vec::with_capacity(objects.services.len());
-    for s in &objects.services {
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        match s.metadata.name.as_deref() {
-            Some(name) if !name.is_empty() => services.push((ns, name, s)),
-            _ => errors.push(ObjectError::namespaced(
-                "Service",
-                ns,
-                "",
-                "metadata.name is missing",
-            )),
-        }
-    }
-    // Stable: of two Services with one name, the file's first wins.
-    services.sort_by_key(|&(ns, name, _)| (ns, name));
-    let mut previous: Option<(&str, &str)> = None;
-    for (ns, name, svc) in services {
-        if previous == Some((ns, name)) {
-            errors.push(ObjectError::namespaced(
-                "Service",
-                ns,
-                name,
-                "a Service of the same name came earlier in the objects; this one is ignored",
-            ));
-            continue;
-        }
-        previous = Some((ns, name));
-        let no_slices = Vec::new();
-        let svc_slices = slices.get(&(ns, name)).unwrap_or(&no_slices);
-        add_service(&mut builder, ns, name, svc, svc_slices, &mut errors);
-    }
-
-    Ok(Translated {
-        snapshot: builder.build(),
-        errors,
-    })
-}
-
-/// Keeps the first of each run of equal names (the input is sorted, stably).
-fn dedupe_by_name<'a, T>(
-    items: Vec<(&'a str, T)>,
-    mut duplicate: impl FnMut(&str),
-) -> Vec<(&'a str, T)> {
-    let mut out: Vec<(&'a str, T)> = Vec::with_capacity(items.len());
-    for (name, item) in items {
-        if out.last().is_some_and(|(last, _)| *last == name) {
-            duplicate(name);
-        } else {
-            out.push((name, item));
-        }
-    }
-    out
+    Ok((local, remotes))
 }
 
 // ---- Nodes ----
@@ -415,17 +330,20 @@ fn backend_data(json: &str) -> Result<(u32, Option<Mac>), String> {
 // ---- EndpointSlices ----
 
 /// One IPv4 EndpointSlice, checked once however many Service ports read it.
-struct SliceView<'a> {
-    ports: Vec<SlicePort<'a>>,
+#[derive(Debug)]
+pub(crate) struct ParsedSlice {
+    ports: Vec<SlicePort>,
     endpoints: Vec<SliceEndpoint>,
 }
 
-struct SlicePort<'a> {
-    name: &'a str,
+#[derive(Debug)]
+struct SlicePort {
+    name: String,
     proto: Proto,
     port: u16,
 }
 
+#[derive(Debug)]
 struct SliceEndpoint {
     ip: Ipv4Addr,
     is_local: bool,
@@ -434,112 +352,98 @@ struct SliceEndpoint {
     terminating: bool,
 }
 
-type SlicesByService<'a> = HashMap<(&'a str, &'a str), Vec<SliceView<'a>>>;
-
-/// Groups the IPv4 slices by (namespace, Service name), each group sorted by slice
-/// name so that "the first of two equal endpoints" means the same thing every time.
-fn slices_by_service<'a>(
-    slices: &'a [EndpointSlice],
+/// Reads the slice `ns/name`: the name of the Service it belongs to and what it says,
+/// or None when it serves no IPv4 Service (another family; no Service label, which is
+/// an error).
+pub(crate) fn parse_slice(
+    ns: &str,
+    name: &str,
+    slice: &EndpointSlice,
     node_name: &str,
     errors: &mut Vec<ObjectError>,
-) -> SlicesByService<'a> {
-    let mut sorted: Vec<(&str, &str, &EndpointSlice)> = slices
+) -> Option<(String, ParsedSlice)> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let err = |reason: String| ObjectError::namespaced("EndpointSlice", ns, name, reason);
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME));
+    let Some(service) = service else {
+        errors.push(err(format!(
+            "label {LABEL_SERVICE_NAME} is missing, so it belongs to no Service; ignored"
+        )));
+        return None;
+    };
+    let mut ports = Vec::new();
+    for (i, p) in slice
+        .ports
+        .as_deref()
+        .unwrap_or_default()
         .iter()
-        .filter(|s| s.address_type == "IPv4")
-        .map(|s| {
-            (
-                s.metadata.namespace.as_deref().unwrap_or("default"),
-                s.metadata.name.as_deref().unwrap_or_default(),
-                s,
-            )
-        })
-        .collect();
-    sorted.sort_by_key(|&(ns, name, _)| (ns, name));
-    let mut out: SlicesByService<'a> = HashMap::new();
-    for (ns, name, slice) in sorted {
-        let err = |reason: String| ObjectError::namespaced("EndpointSlice", ns, name, reason);
-        let service = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SERVICE_NAME));
-        let Some(service) = service else {
+        .enumerate()
+    {
+        let proto = match p.protocol.as_deref() {
+            None | Some("TCP") => Proto::Tcp,
+            Some("UDP") => Proto::Udp,
+            // The Service port is reported; its slice port has nothing to serve.
+            Some(_) => continue,
+        };
+        let port = match p.port {
+            Some(v) if (1..=65535).contains(&v) => v as u16,
+            Some(v) => {
+                errors.push(err(format!(
+                    "ports[{i}].port: {v} is out of range; ignored"
+                )));
+                continue;
+            }
+            None => {
+                errors.push(err(format!(
+                    "ports[{i}].port is missing (kxdp needs a port number); ignored"
+                )));
+                continue;
+            }
+        };
+        ports.push(SlicePort {
+            name: p.name.clone().unwrap_or_default(),
+            proto,
+            port,
+        });
+    }
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        let Some(first) = e.addresses.first() else {
+            errors.push(err(format!("endpoints[{i}].addresses is empty; ignored")));
+            continue;
+        };
+        let Ok(ip) = first.parse::<Ipv4Addr>() else {
             errors.push(err(format!(
-                "label {LABEL_SERVICE_NAME} is missing, so it belongs to no Service; ignored"
+                "endpoints[{i}].addresses[0]: {first:?} is not an IPv4 address; ignored"
             )));
             continue;
         };
-        let mut ports = Vec::new();
-        for (i, p) in slice
-            .ports
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let proto = match p.protocol.as_deref() {
-                None | Some("TCP") => Proto::Tcp,
-                Some("UDP") => Proto::Udp,
-                // The Service port is reported; its slice port has nothing to serve.
-                Some(_) => continue,
-            };
-            let port = match p.port {
-                Some(v) if (1..=65535).contains(&v) => v as u16,
-                Some(v) => {
-                    errors.push(err(format!(
-                        "ports[{i}].port: {v} is out of range; ignored"
-                    )));
-                    continue;
-                }
-                None => {
-                    errors.push(err(format!(
-                        "ports[{i}].port is missing (kxdp needs a port number); ignored"
-                    )));
-                    continue;
-                }
-            };
-            ports.push(SlicePort {
-                name: p.name.as_deref().unwrap_or_default(),
-                proto,
-                port,
-            });
-        }
-        let mut endpoints = Vec::with_capacity(slice.endpoints.len());
-        for (i, e) in slice.endpoints.iter().enumerate() {
-            let Some(first) = e.addresses.first() else {
-                errors.push(err(format!("endpoints[{i}].addresses is empty; ignored")));
-                continue;
-            };
-            let Ok(ip) = first.parse::<Ipv4Addr>() else {
-                errors.push(err(format!(
-                    "endpoints[{i}].addresses[0]: {first:?} is not an IPv4 address; ignored"
-                )));
-                continue;
-            };
-            let c = e.conditions.as_ref();
-            // The API: nil ready means ready, nil serving means "same as ready", nil
-            // terminating means not terminating.
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            endpoints.push(SliceEndpoint {
-                ip,
-                is_local: e.node_name.as_deref() == Some(node_name),
-                ready,
-                serving,
-                terminating,
-            });
-        }
-        out.entry((ns, service.as_str()))
-            .or_default()
-            .push(SliceView { ports, endpoints });
+        let c = e.conditions.as_ref();
+        // The API: nil ready means ready, nil serving means "same as ready", nil
+        // terminating means not terminating.
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        endpoints.push(SliceEndpoint {
+            ip,
+            is_local: e.node_name.as_deref() == Some(node_name),
+            ready,
+            serving,
+            terminating,
+        });
     }
-    out
+    Some((service.clone(), ParsedSlice { ports, endpoints }))
 }
 
 /// The endpoints of one Service port: every slice's port of the same name and
 /// protocol, merged, the first of equal addresses kept, sorted by address.
-fn endpoints_for(slices: &[SliceView<'_>], port_name: &str, proto: Proto) -> Vec<EndpointSpec> {
+fn endpoints_for(slices: &[&ParsedSlice], port_name: &str, proto: Proto) -> Vec<EndpointSpec> {
     let mut out = Vec::new();
     for s in slices {
         for p in s
@@ -582,24 +486,33 @@ enum Skip {
     Invalid(String),
 }
 
-fn add_service(
-    builder: &mut SnapshotBuilder,
+/// What became of one port of a Service, in the order of `spec.ports`.
+#[derive(Debug)]
+pub(crate) enum PortOutcome {
+    Port { index: usize, spec: ServicePortSpec },
+    Error(ObjectError),
+}
+
+/// The Service `ns/name` with its slices (in slice-name order): a spec per port it
+/// proxies, and errors for what it cannot.
+pub(crate) fn service_ports(
     ns: &str,
     name: &str,
     svc: &Service,
-    slices: &[SliceView<'_>],
-    errors: &mut Vec<ObjectError>,
-) {
-    let err = |reason: String| ObjectError::namespaced("Service", ns, name, reason);
+    slices: &[&ParsedSlice],
+) -> Vec<PortOutcome> {
+    let mut out = Vec::new();
+    let err =
+        |reason: String| PortOutcome::Error(ObjectError::namespaced("Service", ns, name, reason));
     let view = match service_view(svc) {
         Ok(v) => v,
         Err(Skip::Silently(why)) => {
             tracing::debug!(namespace = ns, name, why, "Service not proxied");
-            return;
+            return out;
         }
         Err(Skip::Invalid(reason)) => {
-            errors.push(err(format!("{reason}; the Service is ignored")));
-            return;
+            out.push(err(format!("{reason}; the Service is ignored")));
+            return out;
         }
     };
     let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref());
@@ -608,14 +521,14 @@ fn add_service(
             None | Some("TCP") => Proto::Tcp,
             Some("UDP") => Proto::Udp,
             Some("SCTP") => {
-                errors.push(err(format!(
+                out.push(err(format!(
                     "spec.ports[{i}].protocol: SCTP is not supported (kxdp proxies TCP and UDP); \
                      this port is ignored"
                 )));
                 continue;
             }
             Some(other) => {
-                errors.push(err(format!(
+                out.push(err(format!(
                     "spec.ports[{i}].protocol: {other:?} is not TCP, UDP or SCTP; \
                      this port is ignored"
                 )));
@@ -623,7 +536,7 @@ fn add_service(
             }
         };
         let Some(port) = port_number(p.port) else {
-            errors.push(err(format!(
+            out.push(err(format!(
                 "spec.ports[{i}].port: {} is out of range",
                 p.port
             )));
@@ -633,7 +546,7 @@ fn add_service(
             Some(v) if view.has_node_ports => match port_number(v) {
                 Some(np) => Some(np),
                 None => {
-                    errors.push(err(format!(
+                    out.push(err(format!(
                         "spec.ports[{i}].nodePort: {v} is out of range"
                     )));
                     continue;
@@ -655,15 +568,9 @@ fn add_service(
             external_policy_local: view.external_policy_local,
             endpoints: endpoints_for(slices, port_name, proto),
         };
-        if let Err(SpecError::FrontendTaken { key, owner }) = builder.add_service_port(spec) {
-            errors.push(err(format!(
-                "spec.ports[{i}]: {} {}:{} is already taken by {owner}; this port is ignored",
-                key.proto.name(),
-                key.ip,
-                key.port
-            )));
-        }
+        out.push(PortOutcome::Port { index: i, spec });
     }
+    out
 }
 
 fn port_number(v: i32) -> Option<u16> {
@@ -853,20 +760,21 @@ mod tests {
             terminating: false,
         };
         let port = || SlicePort {
-            name: "http",
+            name: "http".to_owned(),
             proto: Proto::Tcp,
             port: 8080,
         };
         let slices = [
-            SliceView {
+            ParsedSlice {
                 ports: vec![port()],
                 endpoints: vec![ep([198, 18, 2, 10], true), ep([198, 18, 1, 10], true)],
             },
-            SliceView {
+            ParsedSlice {
                 ports: vec![port()],
                 endpoints: vec![ep([198, 18, 1, 10], false), ep([198, 18, 1, 11], true)],
             },
         ];
+        let slices = [&slices[0], &slices[1]];
         let eps = endpoints_for(&slices, "http", Proto::Tcp);
         let addrs: Vec<String> = eps.iter().map(|e| e.addr.to_string()).collect();
         assert_eq!(

@@ -14,7 +14,10 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kxdp_control::apiserver::{Access, ApiSource, Backoff};
 use kxdp_control::objects::{k8s_openapi, parse_objects};
-use kxdp_control::translate::{translate, TranslateConfig, Translated};
+use kxdp_control::translate::{
+    translate, TranslateConfig, Translated, Translator, LABEL_SERVICE_NAME,
+};
+use kxdp_control::translator::Changes;
 use kxdp_dataplane::maglev::MaglevTable;
 use kxdp_dataplane::snapshot::Backend;
 use serde_json::json;
@@ -264,4 +267,116 @@ fn the_api_server_and_the_objects_file_give_identical_snapshots() {
     let web = &api_frontends["TCP 198.19.0.10:80"];
     assert!(web.cluster.len() > 1, "web has a Maglev table");
     assert!(api_frontends["TCP 198.19.0.50:80"].cluster.is_empty());
+}
+
+/// Waits until the source has seen `n` more events than `since`.
+fn wait_events(source: &ApiSource, since: u64, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while source.changed() < since + n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch events did not arrive"
+        );
+        source.wait_changed(source.changed(), Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_translator_fed_the_api_sources_changes_builds_what_a_translation_from_nothing_builds() {
+    let (nodes, services, slices) = objects();
+    let cfg = TranslateConfig {
+        node_name: "node1".to_owned(),
+        max_table_size: 65537,
+    };
+    let api = ApiDouble::start();
+    for n in &nodes {
+        api.apply(n);
+    }
+    for s in &services {
+        api.apply(s);
+    }
+    for s in &slices {
+        api.apply(s);
+    }
+    let quick = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    let source = ApiSource::connect(&Access::Kubeconfig(api.kubeconfig()), quick).unwrap();
+    assert!(source.wait_synced(Duration::from_secs(10)));
+    let mut translator = Translator::new(cfg.clone());
+    let feed = |t: &mut Translator| {
+        let (services, slices, nodes) = source.take_changes();
+        let told = [
+            matches!(services, Changes::All(_)),
+            matches!(slices, Changes::All(_)),
+            matches!(nodes, Changes::All(_)),
+        ];
+        t.apply_nodes(nodes);
+        t.apply_slices(slices);
+        t.apply_services(services);
+        told
+    };
+    assert_eq!(
+        feed(&mut translator),
+        [true; 3],
+        "the first changes are the lists"
+    );
+    let first = translator.build(1).unwrap();
+    assert_eq!(
+        observable(&first),
+        observable(&translate(&source.objects(), &cfg, 1).unwrap())
+    );
+
+    // An endpoint moves, a slice moves to another Service, a Service goes, another
+    // comes, a Node goes: five events, told as five changed objects.
+    let seen = source.changed();
+    let mut web = slices
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("web-a"))
+        .expect("web-a")
+        .clone();
+    web.endpoints[0].addresses = vec!["198.18.1.99".to_owned()];
+    api.apply(&web);
+    let mut moved = slices
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("web-b"))
+        .expect("web-b")
+        .clone();
+    moved.metadata.labels = Some([(LABEL_SERVICE_NAME.to_owned(), "new".to_owned())].into());
+    api.apply(&moved);
+    api.delete(apidouble::Res::Services, "shop/lb");
+    api.apply(&apidouble::service("new", "198.19.0.60"));
+    api.delete(apidouble::Res::Nodes, "/node3");
+    wait_events(&source, seen, 5);
+    assert_eq!(
+        feed(&mut translator),
+        [false; 3],
+        "watch events are told one by one"
+    );
+    let second = translator.build(2).unwrap();
+    let fresh = translate(&source.objects(), &cfg, 2).unwrap();
+    assert_eq!(observable(&second), observable(&fresh));
+    let (_, frontends, _) = observable(&second);
+    assert!(frontends["TCP 198.19.0.60:80"]
+        .header
+        .contains("198.18.3.10"));
+    assert!(!frontends["TCP 198.19.0.10:80"]
+        .header
+        .contains("198.18.3.10"));
+    assert!(frontends["TCP 198.19.0.10:80"]
+        .header
+        .contains("198.18.1.99"));
+    assert!(!frontends.contains_key("TCP 198.19.0.40:443"));
+    assert_eq!(second.snapshot.remotes().len(), 1);
+    // Unchanged Service ports are the previous ones, Maglev tables and all.
+    let dns = |t: &Translated| {
+        t.snapshot
+            .services()
+            .iter()
+            .find(|p| p.spec.name.starts_with("kube-system/dns"))
+            .cloned()
+            .expect("dns")
+    };
+    assert!(std::sync::Arc::ptr_eq(&dns(&first), &dns(&second)));
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use kxdp_control::objects::{parse_objects, ObjectError, Objects};
 use kxdp_control::translate::{
-    translate, translate_reusing, NodeProblem, TranslateConfig, TranslateError, Translated,
+    translate, NodeProblem, TranslateConfig, TranslateError, Translated, Translator,
 };
+use kxdp_control::translator::Changes;
 use kxdp_dataplane::flow::{Nanos, Proto};
 use kxdp_dataplane::snapshot::{
     Backend, FrontendKind, Mac, Route, ServiceKey, ServicePort, Snapshot, Vni,
@@ -74,7 +75,7 @@ fn objects(text: &str) -> Objects {
 }
 
 /// Translates as node1 and expects no object errors.
-fn clean(text: &str) -> Snapshot {
+fn clean(text: &str) -> Arc<Snapshot> {
     let t = translate(&objects(text), &cfg("node1"), 1).expect("node1 is describable");
     assert_eq!(t.errors, vec![], "unexpected object errors");
     t.snapshot
@@ -971,29 +972,63 @@ fn everything(snap: &Snapshot) -> String {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
-    /// Reuse is exact: after any mix of kept, changed, added and deleted Services, the
-    /// snapshot built from the previous one is the snapshot built from nothing; and
-    /// every Service port whose spec is unchanged is the previous one, shared.
+    /// Incremental translation is exact: after any mix of kept, changed, added and
+    /// deleted Services (told as the objects that changed, as the API source tells
+    /// them, or as a whole new set, as a file reload does), the snapshot a translator
+    /// builds is the snapshot built from nothing; and every Service port whose spec is
+    /// unchanged is the previous one, shared.
     #[test]
-    fn a_snapshot_reusing_the_previous_one_equals_one_built_from_nothing(
+    fn a_translator_told_of_changes_builds_what_a_translation_from_nothing_builds(
         changes in proptest::collection::vec(
             (proptest::option::of(svc_model()), proptest::option::of(svc_model()), any::<bool>()),
             1..16,
         ),
+        whole_set in any::<bool>(),
+        endpoints_only in any::<bool>(),
     ) {
         let before: Vec<Option<SvcModel>> = changes.iter().map(|c| c.0.clone()).collect();
         let after: Vec<Option<SvcModel>> = changes
             .iter()
-            .map(|(old, new, keep)| if *keep { old.clone() } else { new.clone() })
+            .map(|(old, new, keep)| match (old, new) {
+                _ if *keep => old.clone(),
+                // The common change: endpoints come and go, frontends stay.
+                (Some(old), Some(new)) if endpoints_only => Some(SvcModel {
+                    endpoints: new.endpoints.clone(),
+                    ..old.clone()
+                }),
+                _ => new.clone(),
+            })
             .collect();
         let node1 = cfg("node1");
-        let previous = translate(&objects(&cluster_text(&before)), &node1, 1).unwrap();
+        let mut translator = Translator::new(node1.clone());
+        translator.replace(objects(&cluster_text(&before)));
+        let previous = translator.build(1).unwrap();
         let now = objects(&cluster_text(&after));
-        let reused = translate_reusing(&now, &node1, 2, &previous.snapshot).unwrap();
+        if whole_set {
+            translator.replace(now.clone());
+        } else {
+            let key = |name: String| ("default".to_owned(), name);
+            let named = |m: &Option<String>, n: &str| m.as_deref() == Some(n);
+            let mut services = Vec::new();
+            let mut slices = Vec::new();
+            for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                if b == a {
+                    continue;
+                }
+                let (svc, slice) = (format!("s{i}"), format!("s{i}-1"));
+                let s = now.services.iter().find(|s| named(&s.metadata.name, &svc));
+                services.push((key(svc.clone()), s.cloned().map(Arc::new)));
+                let e = now.slices.iter().find(|e| named(&e.metadata.name, &slice));
+                slices.push((key(slice), e.cloned().map(Arc::new)));
+            }
+            translator.apply_slices(Changes::Some(slices));
+            translator.apply_services(Changes::Some(services));
+        }
+        let incremental = translator.build(2).unwrap();
         let fresh = translate(&now, &node1, 2).unwrap();
-        prop_assert_eq!(everything(&reused.snapshot), everything(&fresh.snapshot));
-        prop_assert_eq!(&reused.errors, &fresh.errors);
-        for port in reused.snapshot.services() {
+        prop_assert_eq!(everything(&incremental.snapshot), everything(&fresh.snapshot));
+        prop_assert_eq!(&incremental.errors, &fresh.errors);
+        for port in incremental.snapshot.services() {
             let old = previous.snapshot.services().iter().find(|p| p.spec.name == port.spec.name);
             if let Some(old) = old.filter(|old| old.spec == port.spec) {
                 prop_assert!(Arc::ptr_eq(old, port), "{} was rebuilt", port.spec.name);
@@ -1003,26 +1038,74 @@ proptest! {
 }
 
 #[test]
-fn a_different_table_size_cap_rebuilds_every_table() {
-    let text = cluster_text(&[Some(SvcModel {
-        cluster_ip: 1,
-        port: 80,
-        node_port: None,
-        internal_local: false,
-        external_local: false,
-        endpoints: vec![(1, true, true, false), (2, false, true, false)],
-    })]);
-    let objs = objects(&text);
-    let previous = translate(&objs, &cfg("node1"), 1).unwrap().snapshot;
-    let smaller = TranslateConfig {
-        max_table_size: 251,
-        ..cfg("node1")
+fn a_translator_follows_a_slice_moving_between_services_and_nodes_coming_and_going() {
+    let services = svc(
+        "a",
+        "{clusterIP: 198.19.0.1, ports: [{name: http, port: 80}]}",
+    ) + &svc(
+        "b",
+        "{clusterIP: 198.19.0.2, ports: [{name: http, port: 80}]}",
+    );
+    let endpoints = "[{addresses: [198.18.1.10], nodeName: node1}]";
+    let in_a = slice("x", "a", "[{name: http, port: 8080}]", endpoints);
+    let in_b = slice("x", "b", "[{name: http, port: 8080}]", endpoints);
+    let mut t = Translator::new(cfg("node1"));
+    t.replace(objects(&format!("{NODES}{services}{in_a}")));
+    let first = t.build(1).unwrap().snapshot;
+    let backends = |snap: &Snapshot, vip: &str| {
+        let f = snap.frontend(&tcp(vip)).expect("a frontend");
+        snap.service(f.service).backends.len()
     };
-    let reused = translate_reusing(&objs, &smaller, 2, &previous).unwrap();
-    let fresh = translate(&objs, &smaller, 2).unwrap();
-    assert_eq!(everything(&reused.snapshot), everything(&fresh.snapshot));
-    assert!(!Arc::ptr_eq(
-        &reused.snapshot.services()[0],
-        &previous.services()[0]
+    assert_eq!(backends(&first, "198.19.0.1:80"), 1);
+    assert_eq!(backends(&first, "198.19.0.2:80"), 0);
+
+    // The slice's label now names b: a loses its endpoint, b gains it.
+    let moved = objects(&in_b).slices.remove(0);
+    let key = |ns: &str, name: &str| (ns.to_owned(), name.to_owned());
+    t.apply_slices(Changes::Some(vec![(
+        key("default", "x"),
+        Some(Arc::new(moved)),
+    )]));
+    let second = t.build(2).unwrap();
+    let fresh = translate(
+        &objects(&format!("{NODES}{services}{in_b}")),
+        &cfg("node1"),
+        2,
+    )
+    .unwrap();
+    assert_eq!(everything(&second.snapshot), everything(&fresh.snapshot));
+    assert!(
+        second.snapshot.shares_frontends(&first),
+        "only endpoints changed: the snapshot is patched"
+    );
+    assert_eq!(backends(&second.snapshot, "198.19.0.1:80"), 0);
+    assert_eq!(backends(&second.snapshot, "198.19.0.2:80"), 1);
+
+    // node2 goes: its pod CIDR is no longer routed.
+    t.apply_nodes(Changes::Some(vec![(key("", "node2"), None)]));
+    let third = t.build(3).unwrap().snapshot;
+    assert!(
+        !third.shares_frontends(&second.snapshot),
+        "a Node change reassembles"
+    );
+    assert_eq!(third.remotes().len(), 0);
+    assert_eq!(third.route(ip("198.18.2.7")), Route::Outside);
+
+    // Without its own Node there is no snapshot; with it back, there is again.
+    let node1 = objects(NODES).nodes.remove(0);
+    t.apply_nodes(Changes::Some(vec![(key("", "node1"), None)]));
+    assert!(matches!(
+        t.build(4),
+        Err(TranslateError::NodeMissing { .. })
     ));
+    t.apply_nodes(Changes::Some(vec![(
+        key("", "node1"),
+        Some(Arc::new(node1)),
+    )]));
+    let back = t.build(5).unwrap().snapshot;
+    assert_eq!(backends(&back, "198.19.0.2:80"), 1);
+
+    // The slice goes: b has no endpoint left.
+    t.apply_slices(Changes::Some(vec![(key("default", "x"), None)]));
+    assert_eq!(backends(&t.build(6).unwrap().snapshot, "198.19.0.2:80"), 0);
 }

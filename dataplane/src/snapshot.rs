@@ -243,6 +243,18 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// Does `other` answer on exactly the frontends this port answers on?
+    pub fn same_frontends(&self, other: &ServicePort) -> bool {
+        let (a, b) = (&self.spec, &other.spec);
+        a.name == b.name
+            && a.proto == b.proto
+            && a.port == b.port
+            && a.cluster_ips == b.cluster_ips
+            && a.node_port == b.node_port
+            && a.external_ips == b.external_ips
+            && a.load_balancer_ips == b.load_balancer_ips
+    }
+
     /// The table and backend list for traffic reached through `kind`.
     pub fn selection(&self, kind: FrontendKind) -> (&MaglevTable, &[Backend]) {
         let local = if kind.is_external() {
@@ -270,7 +282,16 @@ impl ServicePort {
         self.selection(kind).1.get(idx as usize)
     }
 
-    /// Backend lists and Maglev tables for `spec`, whose endpoints are sorted.
+    /// Backend lists and Maglev tables for `spec`, built with the table-size cap
+    /// `max_table_size`. Endpoints are sorted first: Maglev tables depend on backend
+    /// order, and every source of objects, in any order, must give every node the same
+    /// tables.
+    pub fn new(mut spec: ServicePortSpec, max_table_size: u32) -> ServicePort {
+        sort_endpoints(&mut spec);
+        let id_hash = twox_hash::XxHash64::oneshot(0, spec.name.as_bytes());
+        ServicePort::build(spec, id_hash, max_table_size)
+    }
+
     fn build(spec: ServicePortSpec, id_hash: u64, max_table_size: u32) -> ServicePort {
         let backends = eligible(spec.endpoints.iter());
         let local_backends = eligible(spec.endpoints.iter().filter(|e| e.is_local));
@@ -290,6 +311,12 @@ impl ServicePort {
             local_backends,
         }
     }
+}
+
+/// Puts a spec's endpoints in the order [`ServicePort`]s keep them (by address).
+pub fn sort_endpoints(spec: &mut ServicePortSpec) {
+    spec.endpoints
+        .sort_by_key(|e| (u32::from(*e.addr.ip()), e.addr.port()));
 }
 
 /// Selects the endpoints that may take new flows, as kube-proxy does: ready
@@ -342,7 +369,8 @@ pub struct Snapshot {
     /// The Maglev table-size cap the tables were built with: reuse needs the same.
     max_table_size: u32,
     services: Vec<Arc<ServicePort>>,
-    frontends: FxHashMap<ServiceKey, Frontend>,
+    /// Shared with the snapshots patched from this one ([`Snapshot::with_ports`]).
+    frontends: Arc<FxHashMap<ServiceKey, Frontend>>,
     remotes: Vec<RemoteNode>,
     /// Pod-CIDR routes, one exact-match map per prefix length, longest first.
     routes: Vec<(u8, FxHashMap<u32, u32>)>,
@@ -384,6 +412,42 @@ impl Snapshot {
         self.vteps.get(&ip).map(|&i| &self.remotes[i as usize])
     }
 
+    /// Does `other` have the same frontends as this snapshot, because one was patched
+    /// from the other? (The steering program's frontend map then has nothing to do.)
+    pub fn shares_frontends(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.frontends, &other.frontends)
+    }
+
+    /// This snapshot as generation `generation` with some Service ports replaced by
+    /// ports of the same frontends (endpoints, policies or affinity changed): the
+    /// frontend map is shared, not rebuilt, so the cost is that of the replacements.
+    pub fn with_ports(
+        &self,
+        generation: u64,
+        replaced: &[(ServiceId, Arc<ServicePort>)],
+    ) -> Result<Snapshot, PatchError> {
+        let mut services = self.services.clone();
+        for (id, port) in replaced {
+            let slot = services
+                .get_mut(id.0 as usize)
+                .ok_or(PatchError::NoSuchPort(*id))?;
+            if !slot.same_frontends(port) {
+                return Err(PatchError::FrontendsDiffer(port.spec.name.clone()));
+            }
+            *slot = port.clone();
+        }
+        Ok(Snapshot {
+            generation,
+            node: self.node.clone(),
+            max_table_size: self.max_table_size,
+            services,
+            frontends: self.frontends.clone(),
+            remotes: self.remotes.clone(),
+            routes: self.routes.clone(),
+            vteps: self.vteps.clone(),
+        })
+    }
+
     /// Rough bytes held by the lookup tables (for docs and tests of the memory budget).
     pub fn approx_bytes(&self) -> usize {
         let svc: usize = self
@@ -400,6 +464,15 @@ impl Snapshot {
             .sum();
         svc + self.frontends.len() * (std::mem::size_of::<(ServiceKey, Frontend)>() + 8)
     }
+}
+
+/// Why [`Snapshot::with_ports`] cannot patch a snapshot.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PatchError {
+    #[error("there is no Service port {0:?} to replace")]
+    NoSuchPort(ServiceId),
+    #[error("{0} does not have the frontends of the port it would replace")]
+    FrontendsDiffer(String),
 }
 
 /// Errors in a Service port that make the builder refuse it (the rest still applies).
@@ -456,11 +529,30 @@ impl SnapshotBuilder {
         self.remotes.push(node);
     }
 
+    /// Makes room for `n` more Service ports.
+    pub fn reserve(&mut self, n: usize) {
+        self.services.reserve(n);
+        self.frontends.reserve(n);
+    }
+
     /// Adds a Service port with all its frontends. A frontend (ip, port, proto) that
     /// another Service port already claims is an error and nothing of this port is
     /// added.
-    pub fn add_service_port(&mut self, spec: ServicePortSpec) -> Result<ServiceId, SpecError> {
+    pub fn add_service_port(&mut self, mut spec: ServicePortSpec) -> Result<ServiceId, SpecError> {
+        sort_endpoints(&mut spec);
+        let id_hash = twox_hash::XxHash64::oneshot(0, spec.name.as_bytes());
+        let port = match self.previous.get(&id_hash) {
+            Some(prev) if prev.spec == spec => prev.clone(),
+            _ => Arc::new(ServicePort::build(spec, id_hash, self.max_table_size)),
+        };
+        self.add_port(port)
+    }
+
+    /// [`SnapshotBuilder::add_service_port`] of a port already built (with this
+    /// builder's table-size cap), shared with the snapshots that have it.
+    pub fn add_port(&mut self, port: Arc<ServicePort>) -> Result<ServiceId, SpecError> {
         let id = ServiceId(self.services.len() as u32);
+        let spec = &port.spec;
         let mut keys: Vec<(ServiceKey, FrontendKind)> = Vec::new();
         let key = |ip, port| ServiceKey {
             ip,
@@ -496,16 +588,6 @@ impl SnapshotBuilder {
                 .entry(k)
                 .or_insert(Frontend { service: id, kind });
         }
-        // Maglev tables depend on backend order: sort so that every source of objects,
-        // in any order, gives every node the same tables.
-        let mut spec = spec;
-        spec.endpoints
-            .sort_by_key(|e| (u32::from(*e.addr.ip()), e.addr.port()));
-        let id_hash = twox_hash::XxHash64::oneshot(0, spec.name.as_bytes());
-        let port = match self.previous.get(&id_hash) {
-            Some(prev) if prev.spec == spec => prev.clone(),
-            _ => Arc::new(ServicePort::build(spec, id_hash, self.max_table_size)),
-        };
         self.services.push(port);
         Ok(id)
     }
@@ -532,7 +614,7 @@ impl SnapshotBuilder {
             node: self.node,
             max_table_size: self.max_table_size,
             services: self.services,
-            frontends: self.frontends,
+            frontends: Arc::new(self.frontends),
             remotes: self.remotes,
             routes: by_prefix,
             vteps,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use xsk_rs::FrameDesc;
 
 use crate::arp;
@@ -132,7 +132,12 @@ pub struct Worker {
     arp: Box<dyn ArpSteer>,
     /// Per-egress-port TX batches, reused every loop.
     out: Vec<Vec<FrameDesc>>,
+    poll: Poll,
+    waker: Arc<Waker>,
 }
+
+/// The poll token of a worker's [`Waker`] (ports use their index).
+const WAKE: Token = Token(usize::MAX);
 
 impl Worker {
     /// Opens a socket on queue `cfg.queue` of every port, over `pool`'s UMEM;
@@ -153,7 +158,15 @@ impl Worker {
             ports.push(port);
         }
         let out = vec![Vec::with_capacity(cfg.batch_size.max(1) * 2); ports.len()];
+        let poll = Poll::new()?;
+        for (i, p) in ports.iter().enumerate() {
+            poll.registry()
+                .register(&mut SourceFd(&p.fd()), Token(i), Interest::READABLE)?;
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         Ok(Worker {
+            poll,
+            waker,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -165,17 +178,18 @@ impl Worker {
         })
     }
 
+    /// Wakes the worker if it sleeps: the control side calls it after publishing a
+    /// snapshot, so an idle worker takes it up now rather than at its poll timeout.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
     /// Runs until the stop flag is set; returns where its frames ended up.
     pub fn run(mut self) -> Result<FrameCount, WorkerError> {
         if let Some(core) = self.cfg.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        let mut poll = Poll::new()?;
-        for (i, p) in self.ports.iter().enumerate() {
-            poll.registry()
-                .register(&mut SourceFd(&p.fd()), Token(i), Interest::READABLE)?;
-        }
-        let mut events = Events::with_capacity(self.ports.len().max(1));
+        let mut events = Events::with_capacity(self.ports.len() + 1);
         let batch = self.cfg.batch_size.max(1);
         let mut rx = vec![FrameDesc::default(); batch];
         let mut scratch = vec![FrameDesc::default(); self.cfg.ring_size as usize];
@@ -241,7 +255,7 @@ impl Worker {
                 } else {
                     Duration::from_millis(50)
                 };
-                poll.poll(&mut events, Some(timeout))?;
+                self.poll.poll(&mut events, Some(timeout))?;
             }
         }
         self.publish(generation);

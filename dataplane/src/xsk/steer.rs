@@ -6,14 +6,15 @@
 //! outlive the process: [`Steering`] detaches on drop, and if kxdp is killed the
 //! program stays but finds no socket and passes everything to the kernel (fail open).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, RawFd};
+use std::sync::Arc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, ObjectBuilder, Xdp, XdpFlags};
 
-use crate::snapshot::{ServiceKey, Snapshot};
+use crate::snapshot::{ServiceKey, ServicePort, Snapshot};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 
@@ -87,9 +88,22 @@ pub struct Steering {
     obj: Object,
     attached: Vec<Attached>,
     frontends: HashSet<[u8; 8]>,
-    endpoints: HashSet<[u8; 8]>,
+    /// Local endpoints, with how many Service ports have each.
+    endpoints: HashMap<[u8; 8], u32>,
     pod_cidrs: HashSet<[u8; 8]>,
     host_addrs: HashSet<[u8; 4]>,
+    /// The snapshot the maps say, to sync the next one patched from it by difference.
+    synced: Option<Arc<Snapshot>>,
+}
+
+/// The local endpoints of a Service port, as `endpoints` map keys.
+fn local_endpoints(port: &ServicePort) -> impl Iterator<Item = [u8; 8]> + '_ {
+    let proto = port.spec.proto as u8;
+    port.spec
+        .endpoints
+        .iter()
+        .filter(|e| e.is_local)
+        .map(move |e| l4key(*e.addr.ip(), e.addr.port(), proto))
 }
 
 fn l4key(ip: Ipv4Addr, port: u16, proto: u8) -> [u8; 8] {
@@ -117,9 +131,10 @@ impl Steering {
             obj,
             attached: Vec::new(),
             frontends: HashSet::new(),
-            endpoints: HashSet::new(),
+            endpoints: HashMap::new(),
             pod_cidrs: HashSet::new(),
             host_addrs: HashSet::new(),
+            synced: None,
         })
     }
 
@@ -222,8 +237,58 @@ impl Steering {
 
     /// Makes the maps say what `snap` owns: frontends, local endpoints, pod CIDRs,
     /// and which addresses are the host's own (`extra_host_addrs`: the pods'
-    /// gateway, which lives on the host's lo).
+    /// gateway, which lives on the host's lo; the same on every call).
+    ///
+    /// A snapshot patched from the one synced last ([`Snapshot::with_ports`]) has
+    /// the same frontends and nodes, so only the local endpoints of the ports that
+    /// changed are looked at: a one-endpoint change costs a map update or two.
     pub fn sync(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        extra_host_addrs: &[Ipv4Addr],
+    ) -> Result<(), SteerError> {
+        match self.synced.take() {
+            Some(last) if last.shares_frontends(snap) => self.sync_ports(&last, snap)?,
+            _ => self.sync_all(snap, extra_host_addrs)?,
+        }
+        self.synced = Some(snap.clone());
+        Ok(())
+    }
+
+    /// The local endpoints of the ports `snap` replaced in `last`.
+    fn sync_ports(&mut self, last: &Snapshot, snap: &Snapshot) -> Result<(), SteerError> {
+        let changed: Vec<(&ServicePort, &ServicePort)> = last
+            .services()
+            .iter()
+            .zip(snap.services())
+            .filter(|(old, new)| !Arc::ptr_eq(old, new))
+            .map(|(old, new)| (&**old, &**new))
+            .collect();
+        for (_, new) in &changed {
+            for k in local_endpoints(new) {
+                let n = self.endpoints.entry(k).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    self.update("endpoints", &k, &[1])?;
+                }
+            }
+        }
+        for (old, _) in &changed {
+            for k in local_endpoints(old) {
+                let Some(n) = self.endpoints.get_mut(&k) else {
+                    continue;
+                };
+                *n -= 1;
+                if *n == 0 {
+                    self.endpoints.remove(&k);
+                    self.delete("endpoints", &k)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_all(
         &mut self,
         snap: &Snapshot,
         extra_host_addrs: &[Ipv4Addr],
@@ -232,13 +297,10 @@ impl Steering {
             .frontends()
             .map(|(k, _): (&ServiceKey, _)| l4key(k.ip, k.port, k.proto as u8))
             .collect();
-        let endpoints: HashSet<[u8; 8]> = snap
-            .services()
-            .iter()
-            .flat_map(|s| s.spec.endpoints.iter().map(move |e| (e, s.spec.proto)))
-            .filter(|(e, _)| e.is_local)
-            .map(|(e, proto)| l4key(*e.addr.ip(), e.addr.port(), proto as u8))
-            .collect();
+        let mut endpoints: HashMap<[u8; 8], u32> = HashMap::new();
+        for k in snap.services().iter().flat_map(|s| local_endpoints(s)) {
+            *endpoints.entry(k).or_insert(0) += 1;
+        }
         let pod_cidrs: HashSet<[u8; 8]> = snap
             .node
             .pod_cidrs
@@ -248,8 +310,9 @@ impl Steering {
             .collect();
         let old = std::mem::take(&mut self.frontends);
         self.frontends = self.replace("frontends", old, frontends)?;
-        let old = std::mem::take(&mut self.endpoints);
-        self.endpoints = self.replace("endpoints", old, endpoints)?;
+        let old: HashSet<[u8; 8]> = std::mem::take(&mut self.endpoints).into_keys().collect();
+        self.replace("endpoints", old, endpoints.keys().copied().collect())?;
+        self.endpoints = endpoints;
         let old = std::mem::take(&mut self.pod_cidrs);
         self.pod_cidrs = self.replace("pod_cidrs", old, pod_cidrs)?;
         let host: HashSet<[u8; 4]> = snap
