@@ -364,18 +364,25 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         }
         // Network programming latency: recorded when the slowest worker reports the
         // generation (workers report it as they load it).
-        let slowest = statuses
+        // The switch is when the last worker took it up, as the workers noted.
+        let (slowest, switched) = statuses
             .iter()
-            .map(|w| w.lock().map(|s| s.generation).unwrap_or(0))
-            .min()
-            .unwrap_or(generation);
+            .map(|w| {
+                w.lock()
+                    .map(|s| (s.generation, s.switched_at))
+                    .unwrap_or((0, None))
+            })
+            .fold((u64::MAX, None), |(g, at), (wg, wat)| {
+                (g.min(wg), at.max(wat))
+            });
         while let Some(&(g, noticed, _)) = converging.front() {
             if slowest < g {
                 break;
             }
+            let switched = switched.unwrap_or(now).max(noticed);
             sync_metrics
                 .programming_duration
-                .observe(noticed.elapsed().as_secs_f64());
+                .observe((switched - noticed).as_secs_f64());
             converging.pop_front();
         }
         while retired.front().is_some_and(|&(g, _)| g <= slowest) {

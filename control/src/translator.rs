@@ -245,6 +245,9 @@ impl Translator {
     }
 
     pub fn apply_nodes(&mut self, changes: Changes<Node>) {
+        if changes.is_empty() {
+            return;
+        }
         match changes {
             Changes::All(all) => {
                 self.nodes.clear();

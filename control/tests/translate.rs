@@ -1066,6 +1066,9 @@ fn a_translator_follows_a_slice_moving_between_services_and_nodes_coming_and_goi
         key("default", "x"),
         Some(Arc::new(moved)),
     )]));
+    // As the API source tells it: no news for the other kinds.
+    t.apply_nodes(Changes::Some(vec![]));
+    t.apply_services(Changes::Some(vec![]));
     let second = t.build(2).unwrap();
     let fresh = translate(
         &objects(&format!("{NODES}{services}{in_b}")),

@@ -94,6 +94,8 @@ pub struct WorkerStatus {
     pub flows: u64,
     /// Generation of the snapshot this worker forwards with.
     pub generation: u64,
+    /// When it took that snapshot up (between two batches).
+    pub switched_at: Option<Instant>,
 }
 
 /// What a worker shares with the control side.
@@ -204,6 +206,9 @@ impl Worker {
             let now = Nanos(start.elapsed().as_nanos() as u64);
             if snap.generation != generation {
                 generation = snap.generation;
+                if let Ok(mut s) = self.shared.status.lock() {
+                    s.switched_at = Some(Instant::now());
+                }
                 self.pipeline.prefetch_neighbours(&snap, now);
                 self.publish(generation);
             }

@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use crate::netns::{check_interrupted, within};
 use crate::topology::{Topology, UPLINK};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Long enough for a first list of 10,000 Services from an API server.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Kxdp {
@@ -23,18 +24,28 @@ pub struct Kxdp {
 }
 
 impl Kxdp {
+    /// Serves the topology's objects file.
     pub fn start(bin: &Path, topo: &Topology, core: usize, extra: &[String]) -> Result<Kxdp> {
+        let objects = topo.objects.to_string_lossy();
+        Kxdp::start_from(bin, topo, core, &["--objects", objects.as_ref()], extra)
+    }
+
+    /// Takes its objects from `source` (`--objects F` or `--kubeconfig F`).
+    pub fn start_from(
+        bin: &Path,
+        topo: &Topology,
+        core: usize,
+        source: &[&str],
+        extra: &[String],
+    ) -> Result<Kxdp> {
         let log = topo.dir().join("kxdp.log");
         let out = std::fs::File::create(&log).with_context(|| format!("cannot create {log:?}"))?;
         let core = core.to_string();
         let mut args: Vec<&str> = vec!["netns", "exec", &topo.node];
         let bin = bin.to_string_lossy();
-        let objects = topo.objects.to_string_lossy();
+        args.extend([bin.as_ref(), "run"]);
+        args.extend(source);
         args.extend([
-            bin.as_ref(),
-            "run",
-            "--objects",
-            objects.as_ref(),
             "--node-name",
             "node1",
             "--uplink",
