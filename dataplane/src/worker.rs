@@ -331,19 +331,11 @@ impl Worker {
     /// Keeps this worker's free frames near its share: surplus goes to the fleet's
     /// spares, a shortage is made up from them.
     fn balance_frames(&mut self) {
-        let share = self.pool.total;
-        let spare = &self.shared.fleet.spare;
-        while self.pool.free.len() > share * 2 {
-            let Some(d) = self.pool.free.pop() else { break };
-            if let Err(d) = spare.push(d) {
-                self.pool.free.push(d);
-                break;
-            }
-        }
-        while self.pool.free.len() < share / 4 {
-            let Some(d) = spare.pop() else { break };
-            self.pool.free.push(d);
-        }
+        balance(
+            &mut self.pool.free,
+            self.pool.total,
+            &self.shared.fleet.spare,
+        );
     }
 
     /// Builds the ARP requests the pipeline queued into free frames.
@@ -403,5 +395,61 @@ impl Worker {
             free: self.pool.free.len(),
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),
         }
+    }
+}
+
+/// Keeps a worker's free frames between a quarter and three quarters of its `share`:
+/// the surplus goes to the fleet's `spare` frames, a shortage is made up from them.
+///
+/// A worker parks at most half of its share in its fill rings (`per_port_fill`), so
+/// one whose frames come and go evenly stays inside the band. Handoffs move frames
+/// for good: the worker that hands a frame over gets it back only through this. The
+/// upper bound must be one a worker can reach while the other starves: at twice the
+/// share (the whole UMEM of two workers) it never was, so the worker handing frames
+/// away ran out, its fill rings emptied, and the kernel dropped everything on its
+/// queues.
+fn balance(free: &mut Vec<FrameDesc>, share: usize, spare: &ArrayQueue<FrameDesc>) {
+    let (low, high) = (share / 4, share - share / 4);
+    while free.len() > high {
+        let Some(d) = free.pop() else { break };
+        if let Err(d) = spare.push(d) {
+            free.push(d);
+            break;
+        }
+    }
+    while free.len() < low {
+        let Some(d) = spare.pop() else { break };
+        free.push(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two workers of `share` frames each, half of them in fill rings; every step
+    /// one frame is received by the first worker and handed to the second, which
+    /// transmits it (the frame completes into the second worker's free list).
+    #[test]
+    fn a_worker_handing_frames_away_gets_them_back_through_the_spares() {
+        let share = 16384;
+        let spare = ArrayQueue::new(2 * share);
+        let mut giver = vec![FrameDesc::default(); share / 2];
+        let mut taker = vec![FrameDesc::default(); share / 2];
+        for step in 0..10 * share {
+            let frame = giver.pop().unwrap_or_else(|| {
+                panic!("the handing worker ran out of frames after {step} handoffs")
+            });
+            taker.push(frame);
+            balance(&mut taker, share, &spare);
+            balance(&mut giver, share, &spare);
+        }
+        assert!(giver.len() >= share / 4, "{}", giver.len());
+        assert!(taker.len() <= share - share / 4, "{}", taker.len());
+        assert_eq!(
+            giver.len() + taker.len() + spare.len(),
+            share,
+            "frames conserved"
+        );
     }
 }

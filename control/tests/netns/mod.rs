@@ -1048,3 +1048,12 @@ for _ in range(int(sys.argv[3])):
 s.shutdown(socket.SHUT_WR)
 print(f"acked {s.makefile().readline().strip()}", flush=True)
 "#;
+
+impl Kxdp<'_> {
+    /// kxdp's process id (`ip netns exec` execs it in place), for signals such as
+    /// SIGHUP (reload the objects now).
+    #[allow(dead_code)] // not every test crate that includes this module sends signals
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+}
