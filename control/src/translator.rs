@@ -108,6 +108,8 @@ pub struct Translator {
     results: BTreeMap<Key, Vec<Item>>,
     /// Services whose object or slices changed since they were last translated.
     dirty: HashSet<Key>,
+    /// Every Service is to be translated again (a whole set came).
+    redo_all: bool,
     /// Services with an error among their items.
     with_errors: BTreeSet<Key>,
     /// The last snapshot built, and whether the next one can be patched from it with
@@ -117,8 +119,9 @@ pub struct Translator {
     replaced: Vec<(ServiceId, Arc<ServicePort>)>,
     /// Each attached slice's Service.
     slice_owner: HashMap<Key, Key>,
-    /// Each Service's slices by slice name (the order their endpoints merge in).
-    slices_of: HashMap<Key, BTreeMap<String, ParsedSlice>>,
+    /// Each Service's slices, sorted by slice name (the order their endpoints merge
+    /// in); usually one.
+    slices_of: HashMap<Key, Vec<(String, ParsedSlice)>>,
     slice_errors: BTreeMap<Key, Vec<ObjectError>>,
     nodes: BTreeMap<String, Arc<Node>>,
     /// None when a Node changed since it was last made.
@@ -135,6 +138,7 @@ impl Translator {
             services: HashMap::default(),
             results: BTreeMap::new(),
             dirty: HashSet::default(),
+            redo_all: false,
             with_errors: BTreeSet::new(),
             last: None,
             patchable: false,
@@ -161,7 +165,7 @@ impl Translator {
     pub fn apply_services(&mut self, changes: Changes<Service>) {
         match changes {
             Changes::All(all) => {
-                let old = std::mem::take(&mut self.services);
+                self.services.clear();
                 let mut errors = Vec::new();
                 for s in all {
                     let ns = s.metadata.namespace.as_deref().unwrap_or("default");
@@ -184,16 +188,10 @@ impl Translator {
                         ));
                         continue;
                     }
-                    if !old.get(&key).is_some_and(|o| Arc::ptr_eq(o, &s)) {
-                        self.dirty.insert(key.clone());
-                    }
                     self.services.insert(key, s);
                 }
-                for key in old.into_keys() {
-                    if !self.services.contains_key(&key) {
-                        self.dirty.insert(key);
-                    }
-                }
+                // Gone ones too: they leave `results` when translated again.
+                self.redo_all = true;
                 self.set_errors[2] = errors;
             }
             Changes::Some(changed) => {
@@ -202,7 +200,7 @@ impl Translator {
                         Some(s) => self.services.insert(key.clone(), s),
                         None => self.services.remove(&key),
                     };
-                    self.dirty.insert(key);
+                    self.mark(key);
                 }
             }
         }
@@ -211,18 +209,17 @@ impl Translator {
     pub fn apply_slices(&mut self, changes: Changes<EndpointSlice>) {
         match changes {
             Changes::All(all) => {
-                for owner in std::mem::take(&mut self.slice_owner).into_values() {
-                    self.dirty.insert(owner);
-                }
+                // Every Service is translated again (their slices are all new).
+                self.redo_all = true;
+                self.slice_owner.clear();
                 self.slices_of.clear();
                 self.slice_errors.clear();
-                let mut seen = HashSet::default();
+                let mut seen: HashSet<(&str, &str)> = HashSet::default();
                 let mut errors = Vec::new();
-                for s in all {
+                for s in &all {
                     let ns = s.metadata.namespace.as_deref().unwrap_or("default");
                     let name = s.metadata.name.as_deref().unwrap_or_default();
-                    let key = (ns.to_owned(), name.to_owned());
-                    if !seen.insert(key.clone()) {
+                    if !seen.insert((ns, name)) {
                         errors.push(ObjectError::namespaced(
                             "EndpointSlice",
                             ns,
@@ -232,7 +229,7 @@ impl Translator {
                         ));
                         continue;
                     }
-                    self.set_slice(key, Some(&s));
+                    self.set_slice((ns.to_owned(), name.to_owned()), Some(s));
                 }
                 self.set_errors[1] = errors;
             }
@@ -287,29 +284,42 @@ impl Translator {
     fn set_slice(&mut self, key: Key, slice: Option<&EndpointSlice>) {
         if let Some(owner) = self.slice_owner.remove(&key) {
             if let Some(slices) = self.slices_of.get_mut(&owner) {
-                slices.remove(&key.1);
+                slices.retain(|(name, _)| *name != key.1);
                 if slices.is_empty() {
                     self.slices_of.remove(&owner);
                 }
             }
-            self.dirty.insert(owner);
+            self.mark(owner);
         }
         self.slice_errors.remove(&key);
         let Some(slice) = slice else { return };
         let mut errors = Vec::new();
-        if let Some((service, parsed)) =
-            parse_slice(&key.0, &key.1, slice, &self.cfg.node_name, &mut errors)
-        {
-            let owner = (key.0.clone(), service);
-            self.slices_of
-                .entry(owner.clone())
-                .or_default()
-                .insert(key.1.clone(), parsed);
-            self.dirty.insert(owner.clone());
-            self.slice_owner.insert(key.clone(), owner);
-        }
+        let parsed = parse_slice(&key.0, &key.1, slice, &self.cfg.node_name, &mut errors);
         if !errors.is_empty() {
-            self.slice_errors.insert(key, errors);
+            self.slice_errors.insert(key.clone(), errors);
+        }
+        let Some((service, parsed)) = parsed else {
+            return;
+        };
+        let owner = (key.0.clone(), service);
+        match self.slices_of.get_mut(&owner) {
+            Some(slices) => match slices.binary_search_by(|(name, _)| name.cmp(&key.1)) {
+                Ok(at) => slices[at].1 = parsed,
+                Err(at) => slices.insert(at, (key.1.clone(), parsed)),
+            },
+            None => {
+                self.slices_of
+                    .insert(owner.clone(), vec![(key.1.clone(), parsed)]);
+            }
+        }
+        self.slice_owner.insert(key, owner.clone());
+        self.mark(owner);
+    }
+
+    /// Marks a Service for translation (all are, after a whole set).
+    fn mark(&mut self, key: Key) {
+        if !self.redo_all {
+            self.dirty.insert(key);
         }
     }
 
@@ -317,8 +327,18 @@ impl Translator {
     /// its `ServicePort` (and Maglev tables). Notes whether the last snapshot can be
     /// patched, and with what.
     fn refresh(&mut self) {
-        let no_slices = BTreeMap::new();
-        for key in std::mem::take(&mut self.dirty) {
+        let no_slices = Vec::new();
+        let keys: Vec<Key> = if std::mem::take(&mut self.redo_all) {
+            self.dirty.clear();
+            let gone = self
+                .results
+                .keys()
+                .filter(|k| !self.services.contains_key(*k));
+            self.services.keys().chain(gone).cloned().collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        for key in keys {
             let old = self.results.remove(&key).unwrap_or_default();
             let items: Vec<Item> = match self.services.get(&key) {
                 None => Vec::new(),
@@ -327,7 +347,8 @@ impl Translator {
                         .slices_of
                         .get(&key)
                         .unwrap_or(&no_slices)
-                        .values()
+                        .iter()
+                        .map(|(_, parsed)| parsed)
                         .collect();
                     service_ports(&key.0, &key.1, svc, &slices)
                         .into_iter()

@@ -553,30 +553,35 @@ impl SnapshotBuilder {
     pub fn add_port(&mut self, port: Arc<ServicePort>) -> Result<ServiceId, SpecError> {
         let id = ServiceId(self.services.len() as u32);
         let spec = &port.spec;
-        let mut keys: Vec<(ServiceKey, FrontendKind)> = Vec::new();
         let key = |ip, port| ServiceKey {
             ip,
             port,
             proto: spec.proto,
         };
-        for &ip in &spec.cluster_ips {
-            keys.push((key(ip, spec.port), FrontendKind::ClusterIp));
-        }
-        if let Some(np) = spec.node_port {
-            for &ip in &self.node.node_ips {
-                keys.push((key(ip, np), FrontendKind::NodePort));
-            }
-        }
-        for &ip in &spec.load_balancer_ips {
-            keys.push((key(ip, spec.port), FrontendKind::LoadBalancer));
-        }
-        for &ip in &spec.external_ips {
-            keys.push((key(ip, spec.port), FrontendKind::ExternalIp));
-        }
-        for (k, _) in &keys {
-            if let Some(f) = self.frontends.get(k) {
+        let node_ports = spec
+            .node_port
+            .into_iter()
+            .flat_map(|np| self.node.node_ips.iter().map(move |&ip| (ip, np)));
+        let keys = spec
+            .cluster_ips
+            .iter()
+            .map(|&ip| (key(ip, spec.port), FrontendKind::ClusterIp))
+            .chain(node_ports.map(|(ip, np)| (key(ip, np), FrontendKind::NodePort)))
+            .chain(
+                spec.load_balancer_ips
+                    .iter()
+                    .map(|&ip| (key(ip, spec.port), FrontendKind::LoadBalancer)),
+            )
+            .chain(
+                spec.external_ips
+                    .iter()
+                    .map(|&ip| (key(ip, spec.port), FrontendKind::ExternalIp)),
+            );
+        // Checked first, so that a refused port leaves nothing behind.
+        for (k, _) in keys.clone() {
+            if let Some(f) = self.frontends.get(&k) {
                 return Err(SpecError::FrontendTaken {
-                    key: *k,
+                    key: k,
                     owner: self.services[f.service.0 as usize].spec.name.clone(),
                 });
             }
