@@ -20,6 +20,7 @@ use kxdp_dataplane::xsk::port::BindMode;
 use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
 use kxdp_dataplane::xsk::umem::FramePool;
 
+use crate::admin;
 use crate::cli::{BindArg, RunArgs, XdpModeArg};
 use crate::endpoints::{self, State, SyncState};
 use crate::metrics::{self, DataplaneMetrics, SyncMetrics};
@@ -261,6 +262,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             DataplaneMetrics {
                 workers: statuses.clone(),
                 generation: generation_published.clone(),
+                snapshot: Some(shared_snapshot.clone()),
             },
             &sync_metrics,
         ),
@@ -272,6 +274,15 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
         endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
     ];
+    // Removed when `run` returns, however it returns.
+    let _admin = admin::serve(
+        &a.admin_socket,
+        admin::Daemon {
+            snapshot: shared_snapshot.clone(),
+            workers: statuses.clone(),
+            fleet: fleet.clone(),
+        },
+    )?;
     let handles: Vec<_> = workers
         .into_iter()
         .enumerate()
