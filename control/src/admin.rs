@@ -84,7 +84,7 @@ fn default_limit() -> usize {
 pub enum Response {
     Services(Vec<ServiceInfo>),
     Flows(FlowsInfo),
-    Explain(ExplainInfo),
+    Explain(Box<ExplainInfo>),
     Error(String),
 }
 
@@ -249,9 +249,9 @@ pub fn answer(req: &Request, daemon: &Daemon) -> Response {
             limit,
         } => inspect::flow_filter(service.clone(), src.as_deref(), dst.as_deref(), *proto)
             .map(|filter| Response::Flows(inspect::flows(daemon, filter, *limit))),
-        Request::Explain { proto, src, dst } => Ok(Response::Explain(inspect::explain(
+        Request::Explain { proto, src, dst } => Ok(Response::Explain(Box::new(inspect::explain(
             daemon, *proto, *src, *dst,
-        ))),
+        )))),
     };
     result.unwrap_or_else(Response::Error)
 }

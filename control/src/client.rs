@@ -62,7 +62,7 @@ pub fn explain(a: &ExplainArgs) -> Result<()> {
         dst: a.dst,
     };
     match ask(&a.client, &req)? {
-        Response::Explain(e) => print(&a.client, &e, tables::explain),
+        Response::Explain(e) => print(&a.client, &e, |e| tables::explain(e)),
         r => Err(unexpected(&r)),
     }
 }

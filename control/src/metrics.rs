@@ -31,6 +31,7 @@ pub struct DataplaneMetrics {
 }
 
 type Labels = Vec<(&'static str, String)>;
+type Rows = Vec<(Labels, u64)>;
 
 fn counter(
     enc: &mut DescriptorEncoder,
@@ -171,7 +172,7 @@ impl Collector for DataplaneMetrics {
             // current snapshot (a port gone from it is no longer reported).
             let totals = crate::inspect::service_totals(&self.workers);
             let snap = snap.load();
-            let (packets, new_flows): (Vec<(Labels, u64)>, Vec<(Labels, u64)>) = snap
+            let (packets, new_flows): (Rows, Rows) = snap
                 .services()
                 .iter()
                 .map(|s| {

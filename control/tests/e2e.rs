@@ -705,7 +705,7 @@ fn services_flows_and_explain_show_the_traffic_kxdp_forwarded() {
     let _s1 = t.server(local, "http-local", HTTP_SERVER, HTTP_PORT);
     let _s2 = t.server(remote, "http-remote", HTTP_SERVER, HTTP_PORT);
     let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[local, remote]);
-    let kxdp = t.start_kxdp(&t.write_objects(&[web.clone()]));
+    let kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
     assert!(kxdp.admin_socket.exists());
 
     // Twelve connections from fixed source ports: fixed tuples, so which backend each
