@@ -10,6 +10,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kxdp_dataplane::conntrack::FlowState;
 use kxdp_dataplane::explain::{self as dp_explain, Existing, Outcome};
 use kxdp_dataplane::flow::{FiveTuple, Proto};
 use kxdp_dataplane::inspect::{AddrMatch, FlowAnswer, FlowFilter, FlowQuery, FlowRecord};
@@ -418,7 +419,7 @@ impl AffinityHash for dp_explain::Explanation<'_> {
 pub fn explain_with(
     snap: &Snapshot,
     t: &FiveTuple,
-    existing: Option<(usize, SocketAddrV4, kxdp_dataplane::conntrack::FlowState)>,
+    existing: Option<(usize, SocketAddrV4, FlowState)>,
     pinned: Option<SocketAddrV4>,
 ) -> ExplainInfo {
     let e = dp_explain::explain(
@@ -514,8 +515,12 @@ pub fn explain_with(
         (_, Pick::Backend { backend, how }) => {
             info.verdict = "backend".into();
             let stale = match c.existing {
+                Some((ex, false)) if ex.state == FlowState::TcpClosed => format!(
+                    " (the tracked flow to {} is closed: a new SYN starts a new flow, other packets still follow it)",
+                    ex.backend
+                ),
                 Some((ex, false)) => format!(
-                    " (the tracked flow to {} is dropped: it no longer serves or was closed)",
+                    " (the tracked flow's backend {} no longer serves the Service port: its next packet picks anew)",
                     ex.backend
                 ),
                 _ => String::new(),
