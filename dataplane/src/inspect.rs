@@ -57,6 +57,11 @@ pub struct FlowFilter {
 impl FlowFilter {
     /// Does the flow (`orig`, `reply`) of Service port `service` match?
     pub fn matches(&self, orig: &FiveTuple, reply: &FiveTuple, service: Option<&str>) -> bool {
+        self.matches_tuples(orig, reply) && self.matches_service(service)
+    }
+
+    /// The protocol and address parts of [`FlowFilter::matches`].
+    pub fn matches_tuples(&self, orig: &FiveTuple, reply: &FiveTuple) -> bool {
         let translated = reply.reversed();
         let side = |m: &Option<AddrMatch>, pick: fn(&FiveTuple) -> (Ipv4Addr, u16)| {
             m.is_none_or(|m| {
@@ -68,14 +73,18 @@ impl FlowFilter {
         self.proto.is_none_or(|p| p == orig.proto)
             && side(&self.src, |t| (t.src, t.sport))
             && side(&self.dst, |t| (t.dst, t.dport))
-            && self.service.as_deref().is_none_or(|want| {
-                service.is_some_and(|have| {
-                    have == want
-                        || have
-                            .strip_prefix(want)
-                            .is_some_and(|rest| rest.starts_with(':'))
-                })
+    }
+
+    /// The Service part of [`FlowFilter::matches`].
+    pub fn matches_service(&self, service: Option<&str>) -> bool {
+        self.service.as_deref().is_none_or(|want| {
+            service.is_some_and(|have| {
+                have == want
+                    || have
+                        .strip_prefix(want)
+                        .is_some_and(|rest| rest.starts_with(':'))
             })
+        })
     }
 }
 

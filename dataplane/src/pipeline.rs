@@ -92,7 +92,7 @@ impl Config {
 pub struct FlowData {
     /// Snapshot generation the backend was last checked against, truncated to 32
     /// bits (only compared for equality: a flow would have to sit idle through 2^32
-    /// snapshots to miss a check). Keeps [`conntrack::Flow`] at 56 bytes.
+    /// snapshots to miss a check). Keeps [`crate::conntrack::Flow`] at 56 bytes.
     pub generation: u32,
     /// The flow's Service port as a `ServiceId` of the snapshot of `generation`: the
     /// slot of the per-Service counters its packets bump. Re-resolved with the
@@ -239,15 +239,23 @@ impl Pipeline {
     /// flows and affinity pins. Off the fast path: workers call it between batches.
     pub fn inspect(&self, snap: &Snapshot, now: Nanos, q: &FlowQuery) -> FlowAnswer {
         let mut answer = FlowAnswer::default();
+        let filter = &q.filter;
         for f in self.flows.iter().filter(|f| !f.is_expired(now)) {
-            let service = snap
-                .frontend(&service_key(f.orig()))
+            if !filter.matches_tuples(f.orig(), f.reply()) {
+                continue;
+            }
+            // The name costs a frontend lookup: only when filtered on or listed (a
+            // full table is 262,144 flows per worker by default).
+            let listed = answer.flows.len() < q.limit;
+            let service = (filter.service.is_some() || listed)
+                .then(|| snap.frontend(&service_key(f.orig())))
+                .flatten()
                 .map(|fe| snap.service(fe.service).spec.name.as_str());
-            if !q.filter.matches(f.orig(), f.reply(), service) {
+            if !filter.matches_service(service) {
                 continue;
             }
             answer.matched += 1;
-            if answer.flows.len() < q.limit {
+            if listed {
                 answer.flows.push(FlowRecord {
                     orig: *f.orig(),
                     reply: *f.reply(),
