@@ -384,9 +384,7 @@ pub fn explain(
         }),
         service: None,
     };
-    let affinity_of = dp_explain::explain(&snap, &t, None, None)
-        .service_hash_with_affinity()
-        .map(|h| (t.src, h));
+    let affinity_of = affinity_key(&dp_explain::explain(&snap, &t, None, None)).map(|h| (t.src, h));
     let (answers, _) = ask_workers(daemon, &exact, 16, affinity_of);
     let existing = answers.iter().find_map(|(w, a)| {
         a.flows
@@ -398,19 +396,12 @@ pub fn explain(
     explain_with(&snap, &t, existing, pinned)
 }
 
-/// Helpers the explanation needs from the dataplane's answer.
-trait AffinityHash {
-    fn service_hash_with_affinity(&self) -> Option<u64>;
-}
-
-impl AffinityHash for dp_explain::Explanation<'_> {
-    fn service_hash_with_affinity(&self) -> Option<u64> {
-        match &self.outcome {
-            Outcome::Service(c) if c.service.spec.affinity_timeout.is_some() => {
-                Some(c.service.id_hash)
-            }
-            _ => None,
-        }
+/// The `id_hash` of the Service port an explanation names, when it has session
+/// affinity (the workers are then asked for the client's pin).
+fn affinity_key(e: &dp_explain::Explanation) -> Option<u64> {
+    match &e.outcome {
+        Outcome::Service(c) if c.service.spec.affinity_timeout.is_some() => Some(c.service.id_hash),
+        _ => None,
     }
 }
 
