@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use kxdp_dataplane::conntrack::Timeouts;
-use kxdp_dataplane::flow::Nanos;
+use kxdp_dataplane::flow::{Nanos, Proto};
 use kxdp_dataplane::maglev;
 use kxdp_dataplane::pipeline::{self, Config};
 use kxdp_dataplane::ports::Ports;
@@ -31,6 +31,87 @@ pub enum Command {
     Run(RunArgs),
     /// Run the exact pipeline over a capture (pcap or pcapng in, pcapng out).
     Replay(ReplayArgs),
+    /// Ask the running daemon for its Service ports: frontends, backends, Maglev
+    /// table size, packets and new flows.
+    Services(ClientArgs),
+    /// Ask the running daemon for the flows its workers track.
+    Flows(FlowsArgs),
+    /// Ask the running daemon where a packet with this tuple goes, and why.
+    Explain(ExplainArgs),
+}
+
+/// Where the daemon serves its admin socket unless `--admin-socket` says otherwise.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/kxdp/admin.sock";
+
+/// `--output`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputArg {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for scripts.
+    Json,
+}
+
+/// What every client subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The running daemon's admin socket (`kxdp run --admin-socket`).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+    /// How to print the answer.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputArg::Table)]
+    pub output: OutputArg,
+}
+
+/// `tcp` or `udp`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+impl ProtoArg {
+    pub fn proto(self) -> Proto {
+        match self {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only flows of this Service port (`namespace/name:port`) or Service
+    /// (`namespace/name`, all its ports).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Only flows from this address (IP or IP:PORT; the client, or the SNAT address).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub src: Option<String>,
+    /// Only flows to this address (IP or IP:PORT; the Service address or the backend).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub dst: Option<String>,
+    /// Only flows of this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<ProtoArg>,
+    /// Most flows listed (over all workers); the count of all that match is printed.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Transport protocol.
+    #[arg(value_enum)]
+    pub proto: ProtoArg,
+    /// Source address and port (the client), e.g. 198.18.1.10:40000.
+    pub src: std::net::SocketAddrV4,
+    /// Destination address and port (a Service frontend), e.g. 198.19.0.10:80.
+    pub dst: std::net::SocketAddrV4,
 }
 
 /// `--xdp-mode`.
@@ -91,6 +172,10 @@ pub struct RunArgs {
     /// Where /healthz and /livez are served.
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: std::net::SocketAddr,
+    /// Unix socket (mode 0600, root only) that `kxdp services`, `kxdp flows` and
+    /// `kxdp explain` talk to; removed on exit.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -281,7 +366,7 @@ mod tests {
         let parse = |extra: &[&str]| {
             Cli::try_parse_from(base.iter().chain(extra)).map(|c| match c.command {
                 Command::Run(a) => a.objects,
-                Command::Replay(_) => unreachable!(),
+                _ => unreachable!(),
             })
         };
         let o = parse(&["--objects", "f.yaml"]).unwrap();

@@ -35,6 +35,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_cmd(args),
         Command::Replay(args) => replay_cmd(args),
+        Command::Services(args) => kxdp_control::client::services(&args),
+        Command::Flows(args) => kxdp_control::client::flows(&args),
+        Command::Explain(args) => kxdp_control::client::explain(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+use kxdp_dataplane::snapshot::Snapshot;
 use kxdp_dataplane::verdict::{Counters, DropReason};
 use kxdp_dataplane::worker::WorkerStatus;
 use prometheus_client::collector::Collector;
@@ -24,9 +26,12 @@ pub struct DataplaneMetrics {
     pub workers: Vec<Arc<Mutex<WorkerStatus>>>,
     /// The newest snapshot generation published to the workers.
     pub generation: Arc<AtomicU64>,
+    /// The published snapshot: names the Service ports of the per-Service counters.
+    pub snapshot: Option<Arc<ArcSwap<Snapshot>>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
+type Rows = Vec<(Labels, u64)>;
 
 fn counter(
     enc: &mut DescriptorEncoder,
@@ -162,6 +167,33 @@ impl Collector for DataplaneMetrics {
             "Snapshot generation each worker forwards with.",
             &generations,
         )?;
+        if let Some(snap) = &self.snapshot {
+            // Summed over workers by the Service port's stable id, named from the
+            // current snapshot (a port gone from it is no longer reported).
+            let totals = crate::inspect::service_totals(&self.workers);
+            let snap = snap.load();
+            let (packets, new_flows): (Rows, Rows) = snap
+                .services()
+                .iter()
+                .map(|s| {
+                    let (p, n) = totals.get(&s.id_hash).copied().unwrap_or_default();
+                    let labels = vec![("service_port", s.spec.name.clone())];
+                    ((labels.clone(), p), (labels, n))
+                })
+                .unzip();
+            counter(
+                &mut enc,
+                "kxdp_service_packets",
+                "Packets of each Service port's flows (both directions), and first packets that found no backend.",
+                &packets,
+            )?;
+            counter(
+                &mut enc,
+                "kxdp_service_new_flows",
+                "Flows created for each Service port.",
+                &new_flows,
+            )?;
+        }
         gauge(
             &mut enc,
             "kxdp_snapshot_generation",
@@ -226,6 +258,71 @@ pub fn render(r: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kxdp_dataplane::flow::Proto;
+    use kxdp_dataplane::inspect::ServiceCounter;
+    use kxdp_dataplane::snapshot::{LocalNode, ServicePortSpec, SnapshotBuilder, Vni};
+
+    #[test]
+    fn per_service_counters_are_summed_over_workers_and_named_by_service_port() {
+        let node = LocalNode {
+            name: "node1".into(),
+            pod_cidrs: vec!["198.18.1.0/24".parse().unwrap()],
+            vtep_ip: "198.19.128.1".parse().unwrap(),
+            vtep_mac: Default::default(),
+            vni: Vni::new(1).unwrap(),
+            node_ips: vec![],
+            snat_ip: "198.18.1.0".parse().unwrap(),
+        };
+        let mut b = SnapshotBuilder::new(3, node, 65537);
+        for (name, ip) in [
+            ("default/web:http", [198, 19, 0, 10]),
+            ("kube-system/dns:", [198, 19, 0, 53]),
+        ] {
+            b.add_service_port(ServicePortSpec {
+                name: name.into(),
+                proto: Proto::Tcp,
+                port: 80,
+                cluster_ips: vec![ip.into()],
+                node_port: None,
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                affinity_timeout: None,
+                internal_policy_local: false,
+                external_policy_local: false,
+                endpoints: vec![],
+            })
+            .unwrap();
+        }
+        let snap = b.build();
+        let web = snap.services()[0].id_hash;
+        let worker = |packets, new_flows| {
+            let s = WorkerStatus {
+                services: vec![ServiceCounter {
+                    id_hash: web,
+                    packets,
+                    new_flows,
+                }],
+                ..WorkerStatus::default()
+            };
+            Arc::new(Mutex::new(s))
+        };
+        let r = registry(
+            DataplaneMetrics {
+                workers: vec![worker(5, 1), worker(4, 2)],
+                generation: Arc::new(AtomicU64::new(3)),
+                snapshot: Some(Arc::new(ArcSwap::from_pointee(snap))),
+            },
+            &SyncMetrics::default(),
+        );
+        let text = render(&r);
+        for line in [
+            "kxdp_service_packets_total{service_port=\"default/web:http\"} 9",
+            "kxdp_service_new_flows_total{service_port=\"default/web:http\"} 3",
+            "kxdp_service_packets_total{service_port=\"kube-system/dns:\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
 
     #[test]
     fn metrics_name_every_drop_reason_per_worker_and_the_generation() {
@@ -241,6 +338,7 @@ mod tests {
             DataplaneMetrics {
                 workers: vec![Arc::new(Mutex::new(s))],
                 generation: Arc::new(AtomicU64::new(5)),
+                snapshot: None,
             },
             &sync,
         );

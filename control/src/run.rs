@@ -20,6 +20,7 @@ use kxdp_dataplane::xsk::port::BindMode;
 use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
 use kxdp_dataplane::xsk::umem::FramePool;
 
+use crate::admin;
 use crate::cli::{BindArg, RunArgs, XdpModeArg};
 use crate::endpoints::{self, State, SyncState};
 use crate::metrics::{self, DataplaneMetrics, SyncMetrics};
@@ -264,6 +265,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             DataplaneMetrics {
                 workers: statuses.clone(),
                 generation: generation_published.clone(),
+                snapshot: Some(shared_snapshot.clone()),
             },
             &sync_metrics,
         ),
@@ -276,6 +278,15 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
     ];
     let wakers: Vec<_> = workers.iter().map(|w| w.waker()).collect();
+    // Removed when `run` returns, however it returns.
+    let _admin = admin::serve(
+        &a.admin_socket,
+        admin::Daemon {
+            snapshot: shared_snapshot.clone(),
+            workers: statuses.clone(),
+            fleet: fleet.clone(),
+        },
+    )?;
     let handles: Vec<_> = workers
         .into_iter()
         .enumerate()

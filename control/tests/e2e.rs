@@ -679,3 +679,181 @@ fn kxdp_run_against_the_api_server_serves_a_cluster_ip_and_follows_a_watched_end
         assert_eq!(code, "200", "/{path}");
     }
 }
+
+/// Runs a client subcommand with `--output json` and parses what it printed.
+fn client_json(kxdp: &netns::Kxdp, args: &[&str]) -> serde_json::Value {
+    let mut argv = args.to_vec();
+    argv.extend(["--output", "json"]);
+    let out = kxdp.client(&argv);
+    assert!(
+        out.status.success(),
+        "kxdp {argv:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kxdp {argv:?} printed no JSON ({e}): {out:?}"))
+}
+
+#[test]
+fn services_flows_and_explain_show_the_traffic_kxdp_forwarded() {
+    let name = "services_flows_and_explain_show_the_traffic_kxdp_forwarded";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11], &[10]);
+    let (client, local, remote) = (t.pod(1, 10), t.pod(1, 11), t.pod(2, 10));
+    let _s1 = t.server(local, "http-local", HTTP_SERVER, HTTP_PORT);
+    let _s2 = t.server(remote, "http-remote", HTTP_SERVER, HTTP_PORT);
+    let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[local, remote]);
+    let kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
+    assert!(kxdp.admin_socket.exists());
+
+    // Twelve connections from fixed source ports: fixed tuples, so which backend each
+    // gets is fixed too (Maglev), and both backends are used.
+    const PORTS: std::ops::Range<u16> = 41000..41012;
+    let mut used: BTreeMap<u16, Ipv4Addr> = BTreeMap::new();
+    for port in PORTS {
+        let body = t
+            .curl(
+                &client.ns,
+                &["--local-port", &port.to_string(), &web.cluster_url()],
+            )
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        let r = Reply::parse_all(&body)[0].unwrap_or_else(|| panic!("reply {body:?}"));
+        assert_eq!(r.client, SocketAddrV4::new(client.ip, port));
+        used.insert(port, r.backend);
+    }
+    let backends: std::collections::BTreeSet<_> = used.values().collect();
+    assert_eq!(backends.len(), 2, "both backends served: {used:?}");
+
+    // kxdp services: the Service port, its backends and where they are, and the
+    // traffic (workers publish every 10 ms).
+    let mut svc = serde_json::Value::Null;
+    for _ in 0..50 {
+        let list = client_json(&kxdp, &["services"]);
+        svc = list
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == "default/web:p"))
+            .cloned()
+            .unwrap_or_else(|| panic!("default/web:p missing from {list}"));
+        if svc["new_flows"] == 12 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(svc["new_flows"], 12, "{svc}");
+    // A connection is at least SYN, SYN-ACK, ACK, request, reply, FINs and ACKs.
+    let packets = svc["packets"].as_u64().unwrap();
+    assert!(packets >= 12 * 8, "{svc}");
+    assert_eq!(svc["frontends"][0]["address"], "198.19.0.10:80", "{svc}");
+    let where_: BTreeMap<String, (String, serde_json::Value)> = svc["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_owned(),
+                (
+                    b["location"].as_str().unwrap().to_owned(),
+                    b["node"].clone(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(where_["198.18.1.11:8080"].0, "local", "{svc}");
+    assert_eq!(
+        where_["198.18.2.10:8080"],
+        ("remote".into(), "node2".into()),
+        "{svc}"
+    );
+    let table = String::from_utf8_lossy(&kxdp.client(&["services"]).stdout).into_owned();
+    assert!(table.starts_with("SERVICE PORT"), "{table}");
+    assert!(table.contains("default/web:p"), "{table}");
+    assert!(
+        table.contains("198.18.2.10:8080 (node2 via 198.19.128.2)"),
+        "{table}"
+    );
+
+    // kxdp flows: every connection with the backend it really used.
+    let src = client.ip.to_string();
+    let flows = client_json(
+        &kxdp,
+        &[
+            "flows",
+            "--service",
+            "default/web",
+            "--src",
+            &src,
+            "--proto",
+            "tcp",
+        ],
+    );
+    let listed = flows["flows"].as_array().unwrap();
+    assert_eq!(flows["matched"], 12, "{flows}");
+    for (port, backend) in &used {
+        let f = listed
+            .iter()
+            .find(|f| f["original"]["src"] == format!("{}:{port}", client.ip))
+            .unwrap_or_else(|| panic!("no flow from port {port} in {flows}"));
+        assert_eq!(f["original"]["dst"], "198.19.0.10:80", "{f}");
+        assert_eq!(f["backend"], format!("{backend}:{HTTP_PORT}"), "{f}");
+        assert_eq!(
+            f["translated"]["dst"],
+            format!("{backend}:{HTTP_PORT}"),
+            "{f}"
+        );
+        assert_eq!(f["service"], "default/web:p", "{f}");
+    }
+    let to_remote = client_json(&kxdp, &["flows", "--dst", "198.18.2.10"]);
+    let n_remote = used.values().filter(|b| **b == remote.ip).count();
+    assert_eq!(to_remote["matched"], n_remote, "{to_remote}");
+    let limited = client_json(&kxdp, &["flows", "--limit", "3"]);
+    assert_eq!(limited["flows"].as_array().unwrap().len(), 3, "{limited}");
+
+    // kxdp explain: names the backend each connection used, and where it is.
+    for (port, backend) in &used {
+        let src = format!("{}:{port}", client.ip);
+        let e = client_json(&kxdp, &["explain", "tcp", &src, "198.19.0.10:80"]);
+        assert_eq!(e["verdict"], "backend", "{e}");
+        assert_eq!(e["service"], "default/web:p", "{e}");
+        assert_eq!(e["frontend"], "ClusterIP", "{e}");
+        assert_eq!(
+            e["backend"]["address"],
+            format!("{backend}:{HTTP_PORT}"),
+            "{e}"
+        );
+        let location = if *backend == remote.ip {
+            "remote"
+        } else {
+            "local"
+        };
+        assert_eq!(e["backend"]["location"], location, "{e}");
+        assert!(e["maglev_slot"].as_u64().unwrap() < e["maglev_table_size"].as_u64().unwrap());
+    }
+    let text = kxdp.client(&["explain", "tcp", "198.18.1.10:41000", "198.19.0.10:80"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("maglev slot") && text.contains("why"),
+        "{text}"
+    );
+    let nothing = client_json(
+        &kxdp,
+        &["explain", "udp", "198.18.1.10:41000", "198.19.0.10:80"],
+    );
+    assert_eq!(nothing["verdict"], "no_service", "{nothing}");
+
+    // /metrics: the per-Service counters moved.
+    let metrics = t
+        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    let label = "{service_port=\"default/web:p\"}";
+    let new_flows = sample(&metrics, &format!("kxdp_service_new_flows_total{label}"));
+    assert_eq!(new_flows, Some(12.0), "{metrics}");
+    let pkts = sample(&metrics, &format!("kxdp_service_packets_total{label}"));
+    assert!(pkts.is_some_and(|p| p >= packets as f64), "{metrics}");
+
+    let socket = kxdp.admin_socket.clone();
+    let (status, log) = kxdp.stop();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(!socket.exists(), "the admin socket is removed on exit");
+}

@@ -162,13 +162,19 @@ impl MaglevTable {
     /// The backend index for a flow hash, or None when the table is empty.
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<u16> {
+        self.slot(hash).map(|slot| self.entries[slot as usize])
+    }
+
+    /// The slot a flow hash falls in (what [`MaglevTable::lookup`] reads), or None
+    /// when the table is empty.
+    #[inline]
+    pub fn slot(&self, hash: u64) -> Option<u32> {
         let m = self.entries.len() as u64;
         if m == 0 {
             return None;
         }
         // Lemire's multiply-shift range reduction of the high 32 bits: no division.
-        let slot = ((hash >> 32) * m) >> 32;
-        Some(self.entries[slot as usize])
+        Some((((hash >> 32) * m) >> 32) as u32)
     }
 
     /// The number of slots, M (0 for the empty table).

@@ -16,8 +16,9 @@
 //! ```
 //!
 //! The pipeline owns this worker's flow state (conntrack, session affinity, neighbours)
-//! and counters; it never touches a socket or a clock. Nothing here allocates after
-//! [`Pipeline::new`].
+//! and counters; it never touches a socket or a clock. Nothing on the per-packet
+//! path allocates after [`Pipeline::new`]; re-keying the per-Service counters to a
+//! new snapshot and answering an inspection do, once, between batches.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -28,10 +29,12 @@ use crate::conntrack::{Dir, FlowId, FlowState, FlowTable, InsertError, TcpFlags,
 use crate::flow::{mix64, FiveTuple, Nanos};
 use crate::frame::Frame;
 use crate::icmp::{self, Quote};
+use crate::inspect::{FlowAnswer, FlowQuery, FlowRecord, ServiceCounter};
 use crate::nat::{self, L4Csum};
 use crate::neighbour::{Neighbour, NeighbourTable};
 use crate::owners::{FlowOwners, WorkerId};
 use crate::packet::{self, Headers, ETH_LEN, L4, L4_AT};
+use crate::pick::{self, Pick};
 use crate::ports::{PortRole, Ports};
 use crate::resolve::{ResolveQueue, Via};
 use crate::snapshot::{Frontend, Mac, Route, ServiceKey, Snapshot};
@@ -87,12 +90,21 @@ impl Config {
 /// What the pipeline keeps per flow beside the conntrack tuples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowData {
-    /// Snapshot generation the backend was last checked against.
-    pub generation: u64,
+    /// Snapshot generation the backend was last checked against, truncated to 32
+    /// bits (only compared for equality: a flow would have to sit idle through 2^32
+    /// snapshots to miss a check). Keeps [`crate::conntrack::Flow`] at 56 bytes.
+    pub generation: u32,
+    /// The flow's Service port as a `ServiceId` of the snapshot of `generation`: the
+    /// slot of the per-Service counters its packets bump. Re-resolved with the
+    /// backend check above, once per flow per snapshot, so a snapshot swap costs no
+    /// per-packet lookup (see [`Pipeline::follow_services`]).
+    pub service: u32,
     /// Where the first packet came from: replies to a client outside every pod CIDR
     /// (a NodePort client on the underlay) go back to that port and MAC.
     pub origin: Neighbour,
 }
+
+const _: () = assert!(std::mem::size_of::<crate::conntrack::Flow<FlowData>>() <= 56);
 
 /// Neighbour news kept between two drains.
 const NEWS: usize = 32;
@@ -135,6 +147,10 @@ pub struct Pipeline {
     news: [Option<(Ipv4Addr, Neighbour)>; NEWS],
     news_len: usize,
     counters: Counters,
+    /// Per-Service counters indexed by `ServiceId` of the snapshot of
+    /// `services_generation` (see [`Pipeline::follow_services`]).
+    services: Vec<ServiceCounter>,
+    services_generation: u64,
     ip_ident: u16,
     /// The time of the frame being handled (handed in by the caller).
     now: Nanos,
@@ -151,6 +167,8 @@ impl Pipeline {
             news_len: 0,
             now: Nanos(0),
             counters: Counters::default(),
+            services: Vec::new(),
+            services_generation: u64::MAX,
             ip_ident: 0,
             cfg,
         }
@@ -177,6 +195,81 @@ impl Pipeline {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Per-Service counters, indexed by the `ServiceId`s of the last snapshot seen.
+    pub fn service_counters(&self) -> &[ServiceCounter] {
+        &self.services
+    }
+
+    /// Re-keys the per-Service counters to `snap`'s `ServiceId`s, carrying each
+    /// Service port's counts over by its stable `id_hash` (ports that are gone are
+    /// forgotten). Workers call it when they pick up a new snapshot, between batches;
+    /// [`Pipeline::handle`] calls it too if a caller did not, so counting is always
+    /// indexed right. O(Services), allocates: never per packet.
+    ///
+    /// Why this shape: a packet bumps `services[flow.service]`, one indexed add on a
+    /// line the flow's lookup already made hot, with no hash lookup. Flows made under
+    /// an older snapshot carry an older `ServiceId`; they are re-resolved by the
+    /// per-flow, once-per-generation backend check the pipeline already does
+    /// ([`Pipeline::tracked`]), which looks the Service up anyway.
+    pub fn follow_services(&mut self, snap: &Snapshot) {
+        if self.services_generation == snap.generation {
+            return;
+        }
+        let old: rustc_hash::FxHashMap<u64, ServiceCounter> =
+            self.services.drain(..).map(|c| (c.id_hash, c)).collect();
+        self.services
+            .extend(snap.services().iter().map(|s| ServiceCounter {
+                id_hash: s.id_hash,
+                ..old.get(&s.id_hash).copied().unwrap_or_default()
+            }));
+        self.services_generation = snap.generation;
+    }
+
+    #[inline]
+    fn count_service(&mut self, service: u32, new_flow: bool) {
+        if let Some(c) = self.services.get_mut(service as usize) {
+            c.packets += 1;
+            c.new_flows += new_flow as u64;
+        }
+    }
+
+    /// Answers an inspection query (see [`crate::inspect`]) from this pipeline's
+    /// flows and affinity pins. Off the fast path: workers call it between batches.
+    pub fn inspect(&self, snap: &Snapshot, now: Nanos, q: &FlowQuery) -> FlowAnswer {
+        let mut answer = FlowAnswer::default();
+        let filter = &q.filter;
+        for f in self.flows.iter().filter(|f| !f.is_expired(now)) {
+            if !filter.matches_tuples(f.orig(), f.reply()) {
+                continue;
+            }
+            // The name costs a frontend lookup: only when filtered on or listed (a
+            // full table is 262,144 flows per worker by default).
+            let listed = answer.flows.len() < q.limit;
+            let service = (filter.service.is_some() || listed)
+                .then(|| snap.frontend(&service_key(f.orig())))
+                .flatten()
+                .map(|fe| snap.service(fe.service).spec.name.as_str());
+            if !filter.matches_service(service) {
+                continue;
+            }
+            answer.matched += 1;
+            if listed {
+                answer.flows.push(FlowRecord {
+                    orig: *f.orig(),
+                    reply: *f.reply(),
+                    state: f.state(),
+                    assured: f.is_assured(),
+                    expires_in: Nanos(f.expires().0.saturating_sub(now.0)),
+                    service: service.map(str::to_owned),
+                });
+            }
+        }
+        answer.pinned = q
+            .affinity_of
+            .and_then(|(client, svc)| self.affinity.get(client, svc, now));
+        answer
     }
 
     pub fn flows(&self) -> &FlowTable<FlowData> {
@@ -234,6 +327,9 @@ impl Pipeline {
     #[inline]
     pub fn handle(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame) -> Verdict {
         self.now = now;
+        if self.services_generation != snap.generation {
+            self.follow_services(snap);
+        }
         let v = self.decide(snap, now, f);
         self.counters.rx += 1;
         self.counters.count(v);
@@ -400,17 +496,16 @@ impl Pipeline {
     fn tracked(&mut self, snap: &Snapshot, now: Nanos, t: &FiveTuple) -> Option<(FlowId, Dir)> {
         let (id, dir) = self.flows.lookup(t, now)?;
         let flow = self.flows.get(id);
-        if flow.data.generation != snap.generation {
+        if flow.data.generation != snap.generation as u32 {
             let (orig, reply) = (*flow.orig(), *flow.reply());
             let backend = SocketAddrV4::new(reply.src, reply.sport);
-            let serves = snap
-                .frontend(&service_key(&orig))
-                .is_some_and(|fe| snap.service(fe.service).serves(backend));
-            if !serves {
+            let Some(fe) = pick::keeps_backend(snap, &orig, backend) else {
                 self.flows.remove(id);
                 return None;
-            }
-            self.flows.get_mut(id).data.generation = snap.generation;
+            };
+            let data = &mut self.flows.get_mut(id).data;
+            data.generation = snap.generation as u32;
+            data.service = fe.service.0;
         }
         Some((id, dir))
     }
@@ -440,39 +535,23 @@ impl Pipeline {
             return Verdict::Handoff { worker };
         }
         let svc = snap.service(fe.service);
-        let (table, backends) = svc.selection(fe.kind);
-        if backends.is_empty() {
-            if svc.backends.is_empty() {
+        let affinity = &self.affinity;
+        let picked = pick::pick(svc, fe.kind, &t, || affinity.get(t.src, svc.id_hash, now));
+        let backend = match picked {
+            Pick::Backend { backend, .. } => backend.addr,
+            Pick::Reject => {
+                self.count_service(fe.service.0, false);
                 // No endpoint at all: refuse, as kube-proxy's REJECT rule does.
                 self.counters.rejected += 1;
                 let quote = Quote::of(&f.data()[ETH_LEN..]);
                 return self.emit_error(snap, f, t.dst, icmp::CODE_PORT_UNREACHABLE, 0, quote, ing);
             }
-            return Verdict::Drop(DropReason::NoLocalEndpoints);
-        }
-        let pinned = svc.spec.affinity_timeout.and_then(|_| {
-            self.affinity
-                .get(t.src, svc.id_hash, now)
-                .filter(|a| backends.iter().any(|b| b.addr == *a))
-        });
-        let backend = match pinned {
-            Some(a) => a,
-            None => match table
-                .lookup(t.hash())
-                .and_then(|i| backends.get(i as usize))
-            {
-                Some(b) => b.addr,
-                None => return Verdict::Drop(DropReason::NoLocalEndpoints),
-            },
+            Pick::NoLocalEndpoints => {
+                self.count_service(fe.service.0, false);
+                return Verdict::Drop(DropReason::NoLocalEndpoints);
+            }
         };
-        // Masquerade when replies would otherwise not come back through this node:
-        // external clients under externalTrafficPolicy Cluster, and hairpin (a pod
-        // reaching itself through its Service), as kube-proxy's KUBE-MARK-MASQ does.
-        let hairpin = *backend.ip() == t.src;
-        let external_cluster = fe.kind.is_external()
-            && !svc.spec.external_policy_local
-            && snap.route(t.src) != Route::LocalPod;
-        let (reply_dst, reply_dport) = if hairpin || external_cluster {
+        let (reply_dst, reply_dport) = if pick::masquerades(snap, svc, fe.kind, &t, backend) {
             match self.snat_port(snap, now, backend, &t) {
                 Some(p) => (snap.node.snat_ip, p),
                 None => return Verdict::Drop(DropReason::SnatPortsExhausted),
@@ -488,12 +567,14 @@ impl Pipeline {
             proto: t.proto,
         };
         let data = FlowData {
-            generation: snap.generation,
+            generation: snap.generation as u32,
+            service: fe.service.0,
             origin: ing.origin,
         };
         match self.flows.insert(t, reply, tcp, data, now) {
             Ok(_) => {
                 self.counters.new_flows += 1;
+                self.count_service(fe.service.0, true);
                 if let Some(o) = &self.cfg.ownership {
                     o.owners.claim(&t, o.worker);
                     o.owners.claim(&reply, o.worker);
@@ -560,10 +641,12 @@ impl Pipeline {
     ) -> Verdict {
         self.flows.observe(id, dir, tcp_flags(h), now);
         let flow = self.flows.get(id);
+        let service = flow.data.service;
         let (to, origin) = match dir {
             Dir::Original => (flow.reply().reversed(), None),
             Dir::Reply => (flow.orig().reversed(), Some(flow.data.origin)),
         };
+        self.count_service(service, false);
         nat::rewrite(&mut f.data_mut()[ETH_LEN..], &t, &to, ing.l4);
         self.route(snap, f, h, to.dst, ing, origin, Hop::Forwarded)
     }

@@ -20,6 +20,7 @@ use xsk_rs::FrameDesc;
 use crate::arp;
 use crate::flow::Nanos;
 use crate::frame::{Frame, HEADROOM};
+use crate::inspect::{FlowQuery, ServiceCounter};
 use crate::neighbour::Neighbour;
 use crate::pipeline::{Config as PipelineConfig, Pipeline};
 use crate::ports::PortRole;
@@ -69,7 +70,14 @@ pub struct Fleet {
     /// Neighbours one worker learned, for each of the others (a reply to the ARP
     /// request one worker sent may arrive on another's queue).
     pub neighbours: Vec<ArrayQueue<(Ipv4Addr, Neighbour)>>,
+    /// Inspection queries for each worker (`kxdp flows`, `kxdp explain`), answered
+    /// with the chores between batches; see [`crate::inspect`].
+    pub inspect: Vec<ArrayQueue<FlowQuery>>,
 }
+
+/// Inspection queries a worker holds at most; more are refused (the admin socket
+/// reports the worker as busy).
+pub const INSPECT_QUEUE: usize = 8;
 
 impl Fleet {
     pub fn new(workers: usize, frames: usize) -> Fleet {
@@ -77,6 +85,9 @@ impl Fleet {
             handoff: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
             spare: ArrayQueue::new(frames.max(1)),
             neighbours: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
+            inspect: (0..workers)
+                .map(|_| ArrayQueue::new(INSPECT_QUEUE))
+                .collect(),
         }
     }
 
@@ -96,6 +107,9 @@ pub struct WorkerStatus {
     pub generation: u64,
     /// When it took that snapshot up (between two batches).
     pub switched_at: Option<Instant>,
+    /// Per-Service packets and new flows (keyed by `id_hash`, in the order of the
+    /// snapshot of `generation`).
+    pub services: Vec<ServiceCounter>,
 }
 
 /// What a worker shares with the control side.
@@ -206,10 +220,11 @@ impl Worker {
             let now = Nanos(start.elapsed().as_nanos() as u64);
             if snap.generation != generation {
                 generation = snap.generation;
+                self.pipeline.follow_services(&snap);
+                self.pipeline.prefetch_neighbours(&snap, now);
                 if let Ok(mut s) = self.shared.status.lock() {
                     s.switched_at = Some(Instant::now());
                 }
-                self.pipeline.prefetch_neighbours(&snap, now);
                 self.publish(generation);
             }
             let mut work = 0;
@@ -249,6 +264,7 @@ impl Worker {
             if now >= next_chores {
                 self.pipeline.housekeeping(now, 1024);
                 self.arp.expire();
+                self.answer_queries(&snap, now);
                 self.publish(generation);
                 next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }
@@ -378,6 +394,17 @@ impl Worker {
             s.counters = self.pipeline.counters().clone();
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;
+            s.services.clear();
+            s.services
+                .extend_from_slice(self.pipeline.service_counters());
+        }
+    }
+
+    /// Answers the inspection queries queued for this worker. A query whose asker
+    /// gave up (timed out) finds its channel closed: the answer is dropped.
+    fn answer_queries(&mut self, snap: &Snapshot, now: Nanos) {
+        while let Some(q) = self.shared.fleet.inspect[self.id].pop() {
+            let _ = q.reply.try_send(self.pipeline.inspect(snap, now, &q));
         }
     }
 

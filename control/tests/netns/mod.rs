@@ -441,10 +441,14 @@ impl Topology {
     }
 
     /// [`Topology::start_kxdp`] with other source flags (e.g. `--kubeconfig F`).
+    /// Its admin socket is in the topology's directory (unique per test run), so
+    /// tests running at once never share one.
     pub fn start_kxdp_with(&self, source: &[&str]) -> Kxdp<'_> {
+        let admin_socket = self.dir.join("admin.sock");
         let mut argv = vec![env!("CARGO_BIN_EXE_kxdp"), "run"];
         argv.extend_from_slice(source);
         argv.extend(["--node-name", "node1", "--uplink", UPLINK]);
+        argv.extend(["--admin-socket", admin_socket.to_str().expect("utf-8 path")]);
         for p in self.pods.iter().filter(|p| p.node == 1) {
             argv.push("--pod-iface");
             argv.push(&p.host_if);
@@ -456,6 +460,7 @@ impl Topology {
         }
         let mut k = Kxdp {
             proc: Proc::start(self, &self.node1, "kxdp", &argv, libc::SIGINT),
+            admin_socket,
         };
         k.wait_ready();
         k
@@ -655,6 +660,8 @@ impl Drop for Proc<'_> {
 /// up to 5 s, then kills it; its log is printed if the test is failing.
 pub struct Kxdp<'t> {
     proc: Proc<'t>,
+    /// Where it serves `kxdp services`, `flows` and `explain`.
+    pub admin_socket: PathBuf,
 }
 
 impl Kxdp<'_> {
@@ -713,6 +720,15 @@ impl Kxdp<'_> {
             );
             std::thread::sleep(POLL);
         }
+    }
+
+    /// Runs a client subcommand (`services`, `flows …`, `explain …`) against this
+    /// daemon's admin socket (a Unix socket: no namespace needed), at most 10 s.
+    pub fn client(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kxdp"));
+        cmd.args(args).arg("--admin-socket").arg(&self.admin_socket);
+        output_within(&mut cmd, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("kxdp {args:?}: {e}"))
     }
 
     /// SIGINT, then the exit status (None if it had to be killed) and the whole log.
