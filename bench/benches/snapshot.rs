@@ -181,6 +181,22 @@ fn bench_translate(c: &mut Criterion) {
         )
     });
 
+    // The same on every core, as kxdp's first build (before any worker forwards).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    g.bench_function("10k_services_x4_endpoints_all_cores", |b| {
+        b.iter_batched(
+            || objects.clone(),
+            |objects| {
+                let mut t = Translator::new(cfg.clone());
+                t.set_threads(cores);
+                t.replace(objects);
+                let built = t.build(1).unwrap();
+                (t, built)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
     // One endpoint of one Service moves to a new pod and back, as two watch events:
     // each build translates one Service again and reassembles the snapshot.
     let mut translator = Translator::new(cfg.clone());

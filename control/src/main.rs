@@ -76,6 +76,17 @@ impl Rejections {
     }
 }
 
+/// Threads for translating generation `generation`: every core for the first, which
+/// is built before any worker forwards; one afterwards, so as not to take the
+/// workers' cores.
+fn threads_for(generation: u64) -> usize {
+    if generation == 1 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    }
+}
+
 /// Builds a snapshot from what the translator was given and reports new errors.
 fn build(
     translator: &mut Translator,
@@ -100,6 +111,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         let load = move |generation| {
             let objects = read_objects(&path)?;
             let mut t = translator.borrow_mut();
+            t.set_threads(threads_for(generation));
             t.replace(objects);
             build(&mut t, &mut rejections.borrow_mut(), generation)
                 .with_context(|| format!("objects file {}", path.display()))
@@ -125,6 +137,7 @@ fn run_cmd(a: RunArgs) -> Result<()> {
         wait_for_sync(&source);
         let (services, slices, nodes) = source.take_changes();
         let mut t = translator.borrow_mut();
+        t.set_threads(threads_for(generation));
         t.apply_nodes(nodes);
         t.apply_slices(slices);
         t.apply_services(services);

@@ -29,6 +29,9 @@ use crate::translate::{
     TranslateError, Translated,
 };
 
+/// Services to translate before more than one thread is worth starting.
+const PARALLEL_FROM: usize = 1024;
+
 /// An object's (namespace, name); Nodes have the namespace "".
 pub type Key = (String, String);
 
@@ -110,6 +113,8 @@ pub struct Translator {
     dirty: HashSet<Key>,
     /// Every Service is to be translated again (a whole set came).
     redo_all: bool,
+    /// See [`Translator::set_threads`].
+    threads: usize,
     /// Services with an error among their items.
     with_errors: BTreeSet<Key>,
     /// The last snapshot built, and whether the next one can be patched from it with
@@ -132,6 +137,13 @@ pub struct Translator {
 }
 
 impl Translator {
+    /// Lets the next builds use `n` threads for large translations (a whole
+    /// cluster). kxdp gives it every core for its first build, made before any worker
+    /// forwards, and one afterwards, so that a relist never competes with them.
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+    }
+
     pub fn new(cfg: TranslateConfig) -> Translator {
         Translator {
             cfg,
@@ -139,6 +151,7 @@ impl Translator {
             results: BTreeMap::new(),
             dirty: HashSet::default(),
             redo_all: false,
+            threads: 1,
             with_errors: BTreeSet::new(),
             last: None,
             patchable: false,
@@ -327,7 +340,6 @@ impl Translator {
     /// its `ServicePort` (and Maglev tables). Notes whether the last snapshot can be
     /// patched, and with what.
     fn refresh(&mut self) {
-        let no_slices = Vec::new();
         let keys: Vec<Key> = if std::mem::take(&mut self.redo_all) {
             self.dirty.clear();
             let gone = self
@@ -338,24 +350,8 @@ impl Translator {
         } else {
             std::mem::take(&mut self.dirty).into_iter().collect()
         };
-        for key in keys {
+        for (key, items) in self.translate_all(keys) {
             let old = self.results.remove(&key).unwrap_or_default();
-            let items: Vec<Item> = match self.services.get(&key) {
-                None => Vec::new(),
-                Some(svc) => {
-                    let slices: Vec<&ParsedSlice> = self
-                        .slices_of
-                        .get(&key)
-                        .unwrap_or(&no_slices)
-                        .iter()
-                        .map(|(_, parsed)| parsed)
-                        .collect();
-                    service_ports(&key.0, &key.1, svc, &slices)
-                        .into_iter()
-                        .map(|o| self.item(o, &old))
-                        .collect()
-                }
-            };
             self.place_like(&items, &old);
             let items = self.placed_like(items, &old);
             if items.iter().any(|i| i.error().is_some()) {
@@ -376,6 +372,43 @@ impl Translator {
             self.node_view = Some(view);
             self.patchable = false;
         }
+    }
+
+    /// Translates these Services (read-only), on `threads` threads when there are
+    /// many: Maglev tables are most of the cost of a whole cluster.
+    fn translate_all(&self, keys: Vec<Key>) -> Vec<(Key, Vec<Item>)> {
+        let one = |key: &Key| -> (Key, Vec<Item>) {
+            let Some(svc) = self.services.get(key) else {
+                return (key.clone(), Vec::new());
+            };
+            let old = self.results.get(key).map_or(&[][..], Vec::as_slice);
+            let slices: Vec<&ParsedSlice> = self
+                .slices_of
+                .get(key)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(|(_, parsed)| parsed)
+                .collect();
+            let items = service_ports(&key.0, &key.1, svc, &slices)
+                .into_iter()
+                .map(|o| self.item(o, old))
+                .collect();
+            (key.clone(), items)
+        };
+        if self.threads <= 1 || keys.len() < PARALLEL_FROM {
+            return keys.iter().map(one).collect();
+        }
+        let per_thread = keys.len().div_ceil(self.threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = keys
+                .chunks(per_thread)
+                .map(|part| s.spawn(|| part.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().expect("a translation thread panicked"))
+                .collect()
+        })
     }
 
     /// A translated port as an item, sharing the old item's `ServicePort` when the

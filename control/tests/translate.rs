@@ -1112,3 +1112,36 @@ fn a_translator_follows_a_slice_moving_between_services_and_nodes_coming_and_goi
     t.apply_slices(Changes::Some(vec![(key("default", "x"), None)]));
     assert_eq!(backends(&t.build(6).unwrap().snapshot, "198.19.0.2:80"), 0);
 }
+
+/// A translation on several threads (kxdp's first, from nothing) builds the snapshot
+/// one thread builds, errors in the same order included.
+#[test]
+fn a_translation_on_two_threads_builds_what_one_thread_builds() {
+    let models: Vec<Option<SvcModel>> = (0..1500u32)
+        .map(|i| {
+            (i % 7 != 0).then(|| SvcModel {
+                cluster_ip: (i % 250) as u8,
+                port: 80 + (i / 250) as u16,
+                node_port: None,
+                internal_local: i % 3 == 0,
+                external_local: false,
+                endpoints: vec![
+                    ((i % 8) as u8, i % 2 == 0, true, false),
+                    (9, false, true, false),
+                ],
+            })
+        })
+        .collect();
+    let objs = objects(&cluster_text(&models));
+    let one = translate(&objs, &cfg("node1"), 1).unwrap();
+    let mut t = Translator::new(cfg("node1"));
+    t.set_threads(2);
+    t.replace(objs);
+    let two = t.build(1).unwrap();
+    assert!(
+        one.snapshot.services().len() > 1024,
+        "enough to go parallel"
+    );
+    assert_eq!(everything(&two.snapshot), everything(&one.snapshot));
+    assert_eq!(two.errors, one.errors);
+}

@@ -227,6 +227,13 @@ impl Pipeline {
         self.services_generation = snap.generation;
     }
 
+    /// [`Pipeline::follow_services`] for a snapshot patched from the one followed
+    /// last ([`Snapshot::with_ports`]): its Service ports are at the same indices, so
+    /// the counters stay as they are (a 10,000-Service re-keying is milliseconds).
+    pub fn follow_patched(&mut self, snap: &Snapshot) {
+        self.services_generation = snap.generation;
+    }
+
     #[inline]
     fn count_service(&mut self, service: u32, new_flow: bool) {
         if let Some(c) = self.services.get_mut(service as usize) {
@@ -307,17 +314,27 @@ impl Pipeline {
     /// endpoints, remote VTEPs), so that the first packets of a flow are not the ones
     /// that wait for ARP. Workers call it when they pick up a new snapshot.
     pub fn prefetch_neighbours(&mut self, snap: &Snapshot, now: Nanos) {
-        for svc in snap.services() {
+        self.prefetch_backends(snap.services().iter().map(|s| &**s), now);
+        for n in snap.remotes() {
+            if self.neighbours.get(n.vtep_ip).is_none() {
+                self.resolve.want(n.vtep_ip, Via::Uplink, now);
+            }
+        }
+    }
+
+    /// The local backends of these Service ports, resolved ahead (the ports a
+    /// patched snapshot replaced).
+    pub fn prefetch_backends<'a>(
+        &mut self,
+        ports: impl Iterator<Item = &'a crate::snapshot::ServicePort>,
+        now: Nanos,
+    ) {
+        for svc in ports {
             for b in svc.backends.iter().filter(|b| b.is_local) {
                 let ip = *b.addr.ip();
                 if self.neighbours.get(ip).is_none() {
                     self.resolve.want(ip, Via::PodPorts, now);
                 }
-            }
-        }
-        for n in snap.remotes() {
-            if self.neighbours.get(n.vtep_ip).is_none() {
-                self.resolve.want(n.vtep_ip, Via::Uplink, now);
             }
         }
     }

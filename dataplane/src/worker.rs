@@ -215,13 +215,32 @@ impl Worker {
         // loop: a busy-polling worker would otherwise spend its time there.
         let mut next_chores = Nanos(0);
         let per_port_fill = (self.pool.total / (self.ports.len() * 2)).max(1);
+        let mut current: Option<Arc<Snapshot>> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let snap = self.shared.snapshot.load_full();
             let now = Nanos(start.elapsed().as_nanos() as u64);
             if snap.generation != generation {
                 generation = snap.generation;
-                self.pipeline.follow_services(&snap);
-                self.pipeline.prefetch_neighbours(&snap, now);
+                // A snapshot patched from the previous one has the same ports at
+                // the same places: only the replaced ones are looked at. (The
+                // previous one is not freed here: the control side holds it until
+                // every worker reports the new generation.)
+                match current.replace(snap.clone()) {
+                    Some(prev) if prev.shares_frontends(&snap) => {
+                        self.pipeline.follow_patched(&snap);
+                        let replaced = prev
+                            .services()
+                            .iter()
+                            .zip(snap.services())
+                            .filter(|(old, new)| !Arc::ptr_eq(old, new))
+                            .map(|(_, new)| &**new);
+                        self.pipeline.prefetch_backends(replaced, now);
+                    }
+                    _ => {
+                        self.pipeline.follow_services(&snap);
+                        self.pipeline.prefetch_neighbours(&snap, now);
+                    }
+                }
                 if let Ok(mut s) = self.shared.status.lock() {
                     s.switched_at = Some(Instant::now());
                 }

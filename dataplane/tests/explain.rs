@@ -403,3 +403,43 @@ fn port_of_pod(ip: Ipv4Addr) -> PortId {
         other => panic!("{other} is not a local pod"),
     }
 }
+
+/// A snapshot patched from the one the counters follow (an endpoint change) keeps
+/// every port at its index: following it costs nothing and the counts go on.
+#[test]
+fn per_service_counters_go_on_across_a_patched_snapshot() {
+    let mut p = pipeline();
+    let snap1 = snapshot(1);
+    let t = tuple(C, 43001, VIP, 80, Proto::Tcp);
+    let (v, out) = run(&mut p, &snap1, T0, POD_C, &frame(&t, POD_C));
+    assert!(matches!(fate(v, &out), Fate::Delivered { .. }));
+    assert_eq!(counter_of(&p, &snap1, "default/web:http"), (1, 1));
+
+    // "default/empty:" gains an endpoint: same frontends, a new port at its index.
+    let at = snap1
+        .services()
+        .iter()
+        .position(|s| s.spec.name == "default/empty:")
+        .expect("empty");
+    let mut spec = snap1.services()[at].spec.clone();
+    spec.endpoints = vec![ep(B, 80, true)];
+    let port = std::sync::Arc::new(kxdp_dataplane::snapshot::ServicePort::new(spec, 65537));
+    let id = kxdp_dataplane::snapshot::ServiceId(at as u32);
+    let snap2 = snap1.with_ports(2, &[(id, port)]).expect("same frontends");
+    p.follow_patched(&snap2);
+    let (v, _) = run(&mut p, &snap2, T0, POD_C, &frame(&t, POD_C));
+    assert!(matches!(v, Verdict::Tx { .. }));
+    run(
+        &mut p,
+        &snap2,
+        T0,
+        POD_C,
+        &frame(&tuple(C, 40001, VIP_EMPTY, 80, Proto::Tcp), POD_C),
+    );
+    assert_eq!(counter_of(&p, &snap2, "default/web:http"), (2, 1));
+    assert_eq!(
+        counter_of(&p, &snap2, "default/empty:"),
+        (1, 1),
+        "now served"
+    );
+}

@@ -139,6 +139,9 @@ fn run(args: Args) -> Result<()> {
         first_sync * 1e3
     );
 
+    // Like every change below, the first comes after a quiet --min-sync-period, so
+    // that none waits for it: the run loop's period starts at its first sync.
+    std::thread::sleep(min_sync + Duration::from_millis(50));
     let mut latencies = Vec::with_capacity(args.changes as usize);
     let mut syncs = Vec::with_capacity(args.changes as usize);
     for c in 0..args.changes {
@@ -175,6 +178,13 @@ fn run(args: Args) -> Result<()> {
         }
         std::thread::sleep(min_sync + Duration::from_millis(50));
     }
+    let mut slowest: Vec<(usize, f64)> = latencies.iter().copied().enumerate().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .map(|(c, s)| format!("#{c} {:.3} ms", s * 1e3))
+        .collect();
     let lat = summary(&mut latencies);
     let sync = summary(&mut syncs);
     println!(
@@ -182,6 +192,7 @@ fn run(args: Args) -> Result<()> {
          median {:.3} ms, p90 {:.3} ms, max {:.3} ms",
         args.changes, lat.0, lat.1, lat.2
     );
+    println!("  slowest: {}", slowest.join(", "));
     println!(
         "  of which sync (translate, maps, publish): median {:.3} ms, p90 {:.3} ms, max {:.3} ms",
         sync.0, sync.1, sync.2
