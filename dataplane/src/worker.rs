@@ -366,6 +366,10 @@ impl Worker {
     /// Keeps this worker's free frames near its share: surplus goes to the fleet's
     /// spares, a shortage is made up from them.
     fn balance_frames(&mut self) {
+        // A lone worker has no one to share with.
+        if self.shared.fleet.handoff.len() <= 1 {
+            return;
+        }
         balance(
             &mut self.pool.free,
             self.pool.total,
@@ -454,18 +458,26 @@ impl Worker {
 /// share (the whole UMEM of two workers) it never was, so the worker handing frames
 /// away ran out, its fill rings emptied, and the kernel dropped everything on its
 /// queues.
+///
+/// Frames move in bulk, down or up to half the share, and only when outside ¼..¾:
+/// a free list hovering at a bound would otherwise pass a few frames through the
+/// shared queue on every loop.
 fn balance(free: &mut Vec<FrameDesc>, share: usize, spare: &ArrayQueue<FrameDesc>) {
-    let (low, high) = (share / 4, share - share / 4);
-    while free.len() > high {
-        let Some(d) = free.pop() else { break };
-        if let Err(d) = spare.push(d) {
-            free.push(d);
-            break;
+    let (low, high, middle) = (share / 4, share - share / 4, share / 2);
+    if free.len() > high {
+        while free.len() > middle {
+            let Some(d) = free.pop() else { break };
+            if let Err(d) = spare.push(d) {
+                free.push(d);
+                break;
+            }
         }
     }
-    while free.len() < low {
-        let Some(d) = spare.pop() else { break };
-        free.push(d);
+    if free.len() < low {
+        while free.len() < middle {
+            let Some(d) = spare.pop() else { break };
+            free.push(d);
+        }
     }
 }
 
