@@ -58,8 +58,8 @@ pub struct Source<'a> {
     pub failing: &'a dyn Fn() -> bool,
 }
 
-/// How often the run loop looks for changes (a `stat` of the file or an atomic load):
-/// the resolution of "noticed" in the network programming latency.
+/// How often the run loop looks for changes when its source cannot wake it (a `stat`
+/// of the objects file), and for its other duties; the API source wakes it at once.
 const TICK: Duration = Duration::from_millis(10);
 
 /// How often it looks at the workers' generations while a published snapshot has not
