@@ -352,8 +352,7 @@ impl Translator {
         };
         for (key, items) in self.translate_all(keys) {
             let old = self.results.remove(&key).unwrap_or_default();
-            self.place_like(&items, &old);
-            let items = self.placed_like(items, &old);
+            let items = self.place_like(items, &old);
             if items.iter().any(|i| i.error().is_some()) {
                 self.with_errors.insert(key.clone());
             } else {
@@ -433,38 +432,28 @@ impl Translator {
         }
     }
 
-    /// Keeps the snapshot patchable if `items` fit where `old` was: same ports with
-    /// the same frontends. The ports that changed are noted for the patch.
-    fn place_like(&mut self, items: &[Item], old: &[Item]) {
+    /// Gives `items` the places `old` had when they fit there (same ports with the
+    /// same frontends) and notes the ports that changed, for the patch; when they do
+    /// not fit, the next snapshot is assembled anew instead.
+    fn place_like(&mut self, mut items: Vec<Item>, old: &[Item]) -> Vec<Item> {
         if items.len() != old.len() || items.iter().zip(old).any(|(n, o)| !n.fits(o)) {
             self.patchable = false;
-            return;
+            return items;
         }
-        for (new, old) in items.iter().zip(old) {
+        for (new, old) in items.iter_mut().zip(old) {
             if let (
-                Item::Port { port, .. },
+                Item::Port { port, placed, .. },
                 Item::Port {
                     port: was,
-                    placed: Placed::At(id),
+                    placed: at,
                     ..
                 },
             ) = (new, old)
             {
-                if !Arc::ptr_eq(port, was) {
+                if let (Placed::At(id), false) = (at, Arc::ptr_eq(port, was)) {
                     self.replaced.push((*id, port.clone()));
                 }
-            }
-        }
-    }
-
-    /// `items` with the places their counterparts in `old` had, when they fit.
-    fn placed_like(&self, mut items: Vec<Item>, old: &[Item]) -> Vec<Item> {
-        if !self.patchable {
-            return items;
-        }
-        for (new, old) in items.iter_mut().zip(old) {
-            if let (Item::Port { placed, .. }, Item::Port { placed: was, .. }) = (new, old) {
-                *placed = was.clone();
+                *placed = at.clone();
             }
         }
         items

@@ -180,22 +180,20 @@ fn observable(t: &Translated) -> (String, BTreeMap<String, Seen>, Vec<String>) {
     (node, frontends, errors)
 }
 
-#[test]
-fn the_api_server_and_the_objects_file_give_identical_snapshots() {
-    let (nodes, services, slices) = objects();
-    let cfg = TranslateConfig {
-        node_name: "node1".to_owned(),
-        max_table_size: 65537,
-    };
-
+/// The objects served by an API-server double, and a source that has listed them.
+fn served(
+    nodes: &[Node],
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> (ApiDouble, ApiSource) {
     let api = ApiDouble::start();
-    for n in &nodes {
+    for n in nodes {
         api.apply(n);
     }
-    for s in &services {
+    for s in services {
         api.apply(s);
     }
-    for s in &slices {
+    for s in slices {
         api.apply(s);
     }
     let quick = Backoff {
@@ -204,6 +202,18 @@ fn the_api_server_and_the_objects_file_give_identical_snapshots() {
     };
     let source = ApiSource::connect(&Access::Kubeconfig(api.kubeconfig()), quick).unwrap();
     assert!(source.wait_synced(Duration::from_secs(10)));
+    (api, source)
+}
+
+#[test]
+fn the_api_server_and_the_objects_file_give_identical_snapshots() {
+    let (nodes, services, slices) = objects();
+    let cfg = TranslateConfig {
+        node_name: "node1".to_owned(),
+        max_table_size: 65537,
+    };
+
+    let (_api, source) = served(&nodes, &services, &slices);
     let from_api = translate(&source.objects(), &cfg, 1).expect("node1 is describable");
 
     // The file lists the objects in another order than the API server did, as
@@ -288,22 +298,7 @@ fn a_translator_fed_the_api_sources_changes_builds_what_a_translation_from_nothi
         node_name: "node1".to_owned(),
         max_table_size: 65537,
     };
-    let api = ApiDouble::start();
-    for n in &nodes {
-        api.apply(n);
-    }
-    for s in &services {
-        api.apply(s);
-    }
-    for s in &slices {
-        api.apply(s);
-    }
-    let quick = Backoff {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-    };
-    let source = ApiSource::connect(&Access::Kubeconfig(api.kubeconfig()), quick).unwrap();
-    assert!(source.wait_synced(Duration::from_secs(10)));
+    let (api, source) = served(&nodes, &services, &slices);
     let mut translator = Translator::new(cfg.clone());
     let feed = |t: &mut Translator| {
         let (services, slices, nodes) = source.take_changes();
