@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use kxdp_dataplane::snapshot::Snapshot;
 use kxdp_dataplane::verdict::{Counters, DropReason};
 use kxdp_dataplane::worker::WorkerStatus;
+use kxdp_dataplane::xsk::port::SocketStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -144,6 +145,71 @@ impl Collector for DataplaneMetrics {
             "kxdp_handoffs",
             "Frames handed to the worker owning their flow.",
             &per_worker(&|c| c.handoffs),
+        )?;
+        counter(
+            &mut enc,
+            "kxdp_rx_batches",
+            "RX batches that brought frames (rx_packets / rx_batches is the mean batch size).",
+            &status
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (vec![("worker", i.to_string())], s.rx_batches))
+                .collect::<Rows>(),
+        )?;
+        let per_socket = |f: &dyn Fn(&SocketStats) -> u64| -> Rows {
+            status
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| {
+                    s.sockets.iter().map(move |k| {
+                        (
+                            vec![("worker", i.to_string()), ("interface", k.iface.clone())],
+                            f(k),
+                        )
+                    })
+                })
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "kxdp_xsk_rx_dropped",
+            "Frames the kernel could not place in a worker's UMEM (no free frame, or too long): lost before kxdp saw them.",
+            &per_socket(&|k| k.rx_dropped),
+        )?;
+        counter(
+            &mut enc,
+            "kxdp_xsk_rx_ring_full",
+            "Frames lost because a socket's RX ring was full: the worker fell behind.",
+            &per_socket(&|k| k.rx_ring_full),
+        )?;
+        counter(
+            &mut enc,
+            "kxdp_xsk_fill_ring_empty",
+            "Times the kernel found a socket's fill ring empty.",
+            &per_socket(&|k| k.fill_ring_empty),
+        )?;
+        counter(
+            &mut enc,
+            "kxdp_xsk_invalid_descriptors",
+            "Descriptors the kernel rejected (ring=rx or tx): a kxdp bug if ever non-zero.",
+            &status
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| {
+                    s.sockets.iter().flat_map(move |k| {
+                        [("rx", k.rx_invalid), ("tx", k.tx_invalid)].map(|(ring, v)| {
+                            (
+                                vec![
+                                    ("worker", i.to_string()),
+                                    ("interface", k.iface.clone()),
+                                    ("ring", ring.to_string()),
+                                ],
+                                v,
+                            )
+                        })
+                    })
+                })
+                .collect::<Rows>(),
         )?;
         let flows: Vec<(Labels, i64)> = status
             .iter()
@@ -331,6 +397,15 @@ mod tests {
         s.counters.drops[DropReason::Truncated as usize] = 3;
         s.flows = 2;
         s.generation = 5;
+        s.rx_batches = 4;
+        s.sockets = vec![SocketStats {
+            iface: "eth1".into(),
+            rx_dropped: 1,
+            rx_ring_full: 2,
+            fill_ring_empty: 3,
+            rx_invalid: 4,
+            tx_invalid: 5,
+        }];
         let sync = SyncMetrics::default();
         sync.sync_duration.observe(0.0003);
         sync.programming_duration.observe(0.02);
@@ -358,6 +433,16 @@ mod tests {
             );
         }
         assert!(text.contains("kxdp_flows{worker=\"0\"} 2"), "{text}");
+        for line in [
+            "kxdp_rx_batches_total{worker=\"0\"} 4",
+            "kxdp_xsk_rx_dropped_total{worker=\"0\",interface=\"eth1\"} 1",
+            "kxdp_xsk_rx_ring_full_total{worker=\"0\",interface=\"eth1\"} 2",
+            "kxdp_xsk_fill_ring_empty_total{worker=\"0\",interface=\"eth1\"} 3",
+            "kxdp_xsk_invalid_descriptors_total{worker=\"0\",interface=\"eth1\",ring=\"rx\"} 4",
+            "kxdp_xsk_invalid_descriptors_total{worker=\"0\",interface=\"eth1\",ring=\"tx\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
         assert!(text.contains("kxdp_snapshot_generation 5"), "{text}");
         assert!(
             text.contains("kxdp_sync_proxy_rules_duration_seconds_bucket{le=\"0.0004\"} 1"),

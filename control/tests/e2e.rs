@@ -92,6 +92,24 @@ fn pod_to_cluster_ip_reaches_a_local_backend_and_replies_come_from_the_cluster_i
         "{metrics}"
     );
     assert!(metrics.contains("reason=\"conntrack_full\""), "{metrics}");
+    // The kernel's socket statistics, one set per interface: a handful of frames
+    // lose none before kxdp sees them.
+    let xsk: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kxdp_xsk_"))
+        .collect();
+    assert!(
+        xsk.iter()
+            .filter(|l| l.starts_with("kxdp_xsk_rx_ring_full_total{worker=\"0\",interface="))
+            .count()
+            >= 3,
+        "{metrics}"
+    );
+    assert!(xsk.iter().all(|l| l.ends_with(" 0")), "{xsk:#?}");
+    assert!(
+        sample(&metrics, "kxdp_rx_batches_total{worker=\"0\"}").is_some_and(|b| b >= 1.0),
+        "{metrics}"
+    );
     let healthz = t
         .curl(
             &t.node1,

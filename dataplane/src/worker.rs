@@ -4,7 +4,8 @@
 //! rings and the sans-IO [`Pipeline`], picks up new snapshots between batches, sends
 //! the ARP requests the pipeline asks for, hands frames of flows another worker owns
 //! to that worker (all workers share one UMEM; see [`crate::owners`]), and sleeps on
-//! its sockets (mio) when idle unless told to busy-poll.
+//! its sockets (`poll(2)`, see [`crate::xsk::sleep`]) when idle unless told to
+//! busy-poll.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
 use xsk_rs::FrameDesc;
 
 use crate::arp;
@@ -27,7 +26,8 @@ use crate::ports::PortRole;
 use crate::resolve::Via;
 use crate::snapshot::{Mac, Snapshot};
 use crate::verdict::{Counters, PortId, Verdict};
-use crate::xsk::port::{BindError, BindMode, XskPort};
+use crate::xsk::port::{BindError, BindMode, SocketStats, XskPort};
+use crate::xsk::sleep::{Sleeper, Wake};
 use crate::xsk::steer::SteerError;
 use crate::xsk::umem::FramePool;
 
@@ -110,6 +110,13 @@ pub struct WorkerStatus {
     /// Per-Service packets and new flows (keyed by `id_hash`, in the order of the
     /// snapshot of `generation`).
     pub services: Vec<ServiceCounter>,
+    /// RX batches that brought at least one frame (`counters.rx / rx_batches` is the
+    /// mean batch: near 1 means the worker keeps up frame by frame, near
+    /// `--batch-size` that it is saturated).
+    pub rx_batches: u64,
+    /// The kernel's statistics of each of this worker's sockets, in port order:
+    /// frames lost before kxdp saw them.
+    pub sockets: Vec<SocketStats>,
 }
 
 /// What a worker shares with the control side.
@@ -148,12 +155,9 @@ pub struct Worker {
     arp: Box<dyn ArpSteer>,
     /// Per-egress-port TX batches, reused every loop.
     out: Vec<Vec<FrameDesc>>,
-    poll: Poll,
-    waker: Arc<Waker>,
+    sleeper: Sleeper,
+    rx_batches: u64,
 }
-
-/// The poll token of a worker's [`Waker`] (ports use their index).
-const WAKE: Token = Token(usize::MAX);
 
 impl Worker {
     /// Opens a socket on queue `cfg.queue` of every port, over `pool`'s UMEM;
@@ -174,15 +178,10 @@ impl Worker {
             ports.push(port);
         }
         let out = vec![Vec::with_capacity(cfg.batch_size.max(1) * 2); ports.len()];
-        let poll = Poll::new()?;
-        for (i, p) in ports.iter().enumerate() {
-            poll.registry()
-                .register(&mut SourceFd(&p.fd()), Token(i), Interest::READABLE)?;
-        }
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let sleeper = Sleeper::new(ports.iter().map(|p| p.fd()))?;
         Ok(Worker {
-            poll,
-            waker,
+            sleeper,
+            rx_batches: 0,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -196,8 +195,8 @@ impl Worker {
 
     /// Wakes the worker if it sleeps: the control side calls it after publishing a
     /// snapshot, so an idle worker takes it up now rather than at its poll timeout.
-    pub fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
+    pub fn waker(&self) -> Arc<Wake> {
+        self.sleeper.wake()
     }
 
     /// Runs until the stop flag is set; returns where its frames ended up.
@@ -205,7 +204,6 @@ impl Worker {
         if let Some(core) = self.cfg.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        let mut events = Events::with_capacity(self.ports.len() + 1);
         let batch = self.cfg.batch_size.max(1);
         let mut rx = vec![FrameDesc::default(); batch];
         let mut scratch = vec![FrameDesc::default(); self.cfg.ring_size as usize];
@@ -253,7 +251,16 @@ impl Worker {
             }
             for i in 0..self.ports.len() {
                 let n = self.ports[i].receive(&mut rx);
+                if n == 0 {
+                    continue;
+                }
                 work += n;
+                self.rx_batches += 1;
+                // The kernel wrote these frames on another core: start fetching
+                // their headers for the whole batch before the first is parsed.
+                for desc in &rx[..n] {
+                    self.pool.prefetch(desc);
+                }
                 let ingress = self.ports[i].id;
                 for desc in rx[..n].iter_mut() {
                     self.handle(&snap, now, desc, ingress, true);
@@ -295,7 +302,7 @@ impl Worker {
                 } else {
                     Duration::from_millis(50)
                 };
-                self.poll.poll(&mut events, Some(timeout))?;
+                self.sleeper.sleep(timeout)?;
             }
         }
         self.publish(generation);
@@ -413,7 +420,11 @@ impl Worker {
     }
 
     fn publish(&self, generation: u64) {
+        // Read before taking the lock: a getsockopt per socket, every few ms.
+        let sockets: Vec<SocketStats> = self.ports.iter().map(|p| p.stats()).collect();
         if let Ok(mut s) = self.shared.status.lock() {
+            s.rx_batches = self.rx_batches;
+            s.sockets = sockets;
             s.counters = self.pipeline.counters().clone();
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;

@@ -3,5 +3,6 @@
 //! ring, never copying it), and the steering program that feeds them.
 
 pub mod port;
+pub mod sleep;
 pub mod steer;
 pub mod umem;

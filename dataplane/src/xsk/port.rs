@@ -28,6 +28,21 @@ pub struct BindError {
     pub err: String,
 }
 
+/// The kernel's counts of one socket's lost frames (`XDP_STATISTICS`), cumulative.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    pub iface: String,
+    /// Frames the kernel could not place in the UMEM (no free frame, or too long).
+    pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    /// Times the kernel wanted a frame and found the fill ring empty.
+    pub fill_ring_empty: u64,
+    /// Descriptors the kernel rejected, on the RX and TX side.
+    pub rx_invalid: u64,
+    pub tx_invalid: u64,
+}
+
 pub struct XskPort {
     pub id: PortId,
     pub name: String,
@@ -96,6 +111,19 @@ impl XskPort {
 
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
+    }
+
+    /// The kernel's statistics of this socket (one getsockopt; all zero if it fails).
+    pub fn stats(&self) -> SocketStats {
+        let s = self.rx.fd().xdp_statistics().unwrap_or_default();
+        SocketStats {
+            iface: self.name.clone(),
+            rx_dropped: s.rx_dropped(),
+            rx_ring_full: s.rx_ring_full(),
+            fill_ring_empty: s.rx_fill_ring_empty_descs(),
+            rx_invalid: s.rx_invalid_descs(),
+            tx_invalid: s.tx_invalid_descs(),
+        }
     }
 
     /// Gives the kernel free frames to receive into.
