@@ -1,12 +1,12 @@
 //! Compiles the forwarding benchmark's XDP programs (bpf/*.bpf.c: the load generator,
-//! the in-kernel forwarder, the sink) with clang; fwd-bench embeds the objects and
-//! loads them with libbpf-rs.
+//! the in-kernel forwarder, the sink, the AF_XDP floor's steering) with clang;
+//! fwd-bench embeds the objects and loads them with libbpf-rs.
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: [&str; 3] = ["gen", "fwd", "sink"];
+const PROGRAMS: [&str; 4] = ["gen", "fwd", "sink", "xsk"];
 
 fn main() {
     println!("cargo:rerun-if-changed=bpf/csum.h");

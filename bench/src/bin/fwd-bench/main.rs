@@ -4,6 +4,8 @@
 //!
 //! - kernel: IPv4 forwarding with kube-proxy's nftables rules (kernel.rs);
 //! - kxdp: `kxdp run`, one worker pinned to one core, AF_XDP copy mode (kxdp.rs);
+//! - xsk-floor: the same rewrite done by a bare AF_XDP forwarder on kxdp's socket
+//!   code, with no pipeline: the most an AF_XDP dataplane can forward here (floor.rs);
 //! - xdp: an XDP program doing the same DNAT and MAC rewrite and redirecting between
 //!   the same veths, the ceiling for this path (bench/bpf/fwd.bpf.c).
 //!
@@ -15,6 +17,7 @@
 //!   sudo ./scripts/bench            (or: sudo target/release/fwd-bench --help)
 
 mod bpf;
+mod floor;
 mod generator;
 mod kernel;
 mod kxdp;
@@ -29,6 +32,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crate::bpf::{Sink, XdpForwarder};
+use crate::floor::Floor;
 use crate::generator::Generator;
 use crate::kernel::KernelPath;
 use crate::kxdp::Kxdp;
@@ -50,7 +54,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kernel,kxdp,kxdp-busy-poll,xdp"
+        default_value = "kernel,kxdp,kxdp-busy-poll,xsk-floor,xdp"
     )]
     paths: Vec<FwdPath>,
     /// Measurement window of each run, in seconds.
@@ -104,6 +108,8 @@ enum FwdPath {
     Kxdp,
     /// kxdp with `--busy-poll`: the worker spins instead of sleeping in poll().
     KxdpBusyPoll,
+    /// A bare AF_XDP forwarder (no pipeline) on the kxdp core: AF_XDP's own cost.
+    XskFloor,
     Xdp,
 }
 
@@ -113,6 +119,7 @@ impl FwdPath {
             FwdPath::Kernel => "kernel (nftables)",
             FwdPath::Kxdp => "kxdp (AF_XDP copy)",
             FwdPath::KxdpBusyPoll => "kxdp --busy-poll",
+            FwdPath::XskFloor => "AF_XDP floor (no pipeline)",
             FwdPath::Xdp => "xdp (in-kernel)",
         }
     }
@@ -122,6 +129,7 @@ impl FwdPath {
 enum Active {
     Kernel(#[allow(dead_code)] KernelPath),
     Kxdp(Kxdp),
+    Floor(#[allow(dead_code)] Floor),
     Xdp(#[allow(dead_code)] XdpForwarder),
 }
 
@@ -196,6 +204,7 @@ fn run(args: Args) -> Result<()> {
                 }
                 Active::Kxdp(Kxdp::start(&kxdp_bin, &topo, args.kxdp_core, &extra)?)
             }
+            FwdPath::XskFloor => Active::Floor(Floor::start(&topo, args.kxdp_core)?),
             FwdPath::Xdp => Active::Xdp(XdpForwarder::attach(&topo)?),
         };
         if args.napi == Napi::Threaded {
