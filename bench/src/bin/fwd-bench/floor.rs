@@ -128,7 +128,7 @@ fn forward(
     let mut loops = 0u32;
     while !stop.load(Ordering::Relaxed) {
         loops = loops.wrapping_add(1);
-        if loops % 4096 == 0 && started.elapsed() > MAX_RUN {
+        if loops.is_multiple_of(4096) && started.elapsed() > MAX_RUN {
             break;
         }
         tx.reap(&mut pool.free, &mut scratch);
