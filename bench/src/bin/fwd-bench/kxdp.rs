@@ -106,6 +106,13 @@ impl Kxdp {
         }
     }
 
+    /// kxdp's own account of the frames it received so far (its /metrics).
+    pub fn inside(&self) -> Result<Inside> {
+        let text = within(&self.node, || Ok(get("/metrics")))?
+            .context("kxdp's /metrics did not answer")?;
+        Ok(Inside::parse(&text))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -152,19 +159,60 @@ impl Drop for Kxdp {
 }
 
 fn proxy_mode() -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
+    get("/proxyMode").is_some_and(|body| body.ends_with("kxdp"))
+}
+
+/// A GET of `path` on kxdp's metrics address (in the calling thread's namespace).
+fn get(path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(
         &"127.0.0.1:10249".parse().expect("address"),
         Duration::from_millis(200),
-    ) else {
-        return false;
-    };
+    )
+    .ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /proxyMode HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
-    body.ends_with("kxdp")
+    Some(body)
+}
+
+/// The samples of kxdp's /metrics that say where frames went inside it: received
+/// frames and batches, and the kernel's per-socket losses (`kxdp_xsk_*`), summed
+/// over labels.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inside {
+    pub rx: f64,
+    pub batches: f64,
+    pub ring_full: f64,
+    pub rx_dropped: f64,
+}
+
+impl Inside {
+    fn parse(text: &str) -> Inside {
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        };
+        Inside {
+            rx: sum("kxdp_rx_packets_total"),
+            batches: sum("kxdp_rx_batches_total"),
+            ring_full: sum("kxdp_xsk_rx_ring_full_total"),
+            rx_dropped: sum("kxdp_xsk_rx_dropped_total"),
+        }
+    }
+
+    /// "mean batch B; lost in the sockets' RX rings R, for want of frames D" between
+    /// two readings.
+    pub fn describe(&self, before: &Inside) -> String {
+        let batches = (self.batches - before.batches).max(1.0);
+        format!(
+            "mean RX batch {:.1}; lost before kxdp saw them: {} (RX ring full), {} (no free frame)",
+            (self.rx - before.rx) / batches,
+            self.ring_full - before.ring_full,
+            self.rx_dropped - before.rx_dropped,
+        )
+    }
 }

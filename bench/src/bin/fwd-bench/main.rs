@@ -210,15 +210,26 @@ fn run(args: Args) -> Result<()> {
         if args.napi == Napi::Threaded {
             topo.thread_client_napi(args.kxdp_core)?;
         }
+        let inside = |a: &Active| match a {
+            Active::Kxdp(k) => k.inside().map(Some),
+            _ => Ok(None),
+        };
+        let start = inside(&active)?;
         let saturated = gen.run(&sink, warmup, window, args.offered)?;
         check_interrupted()?;
         report::print_window("saturated", &saturated);
         let rate = (saturated.forwarded_pps() * args.paced_load).max(1000.0);
         let before = Counters::read(&topo, &counted_interfaces(&topo))?;
+        let middle = inside(&active)?;
         let paced = gen.run(&sink, warmup, window, Some(rate))?;
         let after = Counters::read(&topo, &counted_interfaces(&topo))?;
+        let end = inside(&active)?;
         check_interrupted()?;
         report::print_window("paced", &paced);
+        if let (Some(s), Some(m), Some(e)) = (start, middle, end) {
+            println!("   kxdp, saturated (warm-up included): {}", m.describe(&s));
+            println!("   kxdp, paced (warm-up included): {}", e.describe(&m));
+        }
         println!("   interface counters over the paced run (warm-up included):");
         report::print_deltas(&before, &after);
         if let Active::Kxdp(k) = active {
