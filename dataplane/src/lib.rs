@@ -10,6 +10,7 @@ pub mod flow;
 pub mod frame;
 pub mod icmp;
 pub mod inspect;
+pub mod lookahead;
 pub mod maglev;
 pub mod nat;
 pub mod neighbour;

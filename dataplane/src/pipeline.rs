@@ -25,11 +25,12 @@ use std::sync::Arc;
 
 use crate::affinity::AffinityTable;
 use crate::arp;
-use crate::conntrack::{Dir, FlowId, FlowState, FlowTable, InsertError, TcpFlags, Timeouts};
-use crate::flow::{mix64, FiveTuple, Nanos};
+use crate::conntrack::{Dir, FlowId, FlowState, FlowTable, InsertError, Probe, TcpFlags, Timeouts};
+use crate::flow::{mix64, FiveTuple, Nanos, Proto};
 use crate::frame::Frame;
 use crate::icmp::{self, Quote};
 use crate::inspect::{FlowAnswer, FlowQuery, FlowRecord, ServiceCounter};
+use crate::lookahead::{Lookahead, FLOW_AHEAD, INDEX_AHEAD};
 use crate::nat::{self, L4Csum};
 use crate::neighbour::{Neighbour, NeighbourTable};
 use crate::owners::{FlowOwners, WorkerId};
@@ -154,6 +155,10 @@ pub struct Pipeline {
     ip_ident: u16,
     /// The time of the frame being handled (handed in by the caller).
     now: Nanos,
+    /// The conntrack probe made ahead for the frame being handled (see
+    /// [`Pipeline::handle_probed`]), so its lookup need not hash the tuple again;
+    /// used only for the tuple it was made for.
+    probe: Option<Probe>,
 }
 
 impl Pipeline {
@@ -166,6 +171,7 @@ impl Pipeline {
             news: [None; NEWS],
             news_len: 0,
             now: Nanos(0),
+            probe: None,
             counters: Counters::default(),
             services: Vec::new(),
             services_generation: u64::MAX,
@@ -176,6 +182,10 @@ impl Pipeline {
 
     /// Runs a batch: `verdicts[i]` is the fate of `frames[i]`, whose start and length
     /// may have moved (encapsulation, decapsulation, replies built in place).
+    ///
+    /// The same as [`Pipeline::handle`] on each frame in turn, with the conntrack
+    /// lookups of later frames prefetched while earlier ones are handled (see
+    /// [`crate::lookahead`]): verdicts, bytes and counters do not differ.
     pub fn process(
         &mut self,
         snap: &Snapshot,
@@ -183,9 +193,81 @@ impl Pipeline {
         frames: &mut [Frame],
         verdicts: &mut [Verdict],
     ) {
-        for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.handle(snap, now, f);
+        let n = frames.len().min(verdicts.len());
+        let (frames, verdicts) = (&mut frames[..n], &mut verdicts[..n]);
+        let mut ahead = Lookahead::new();
+        for (j, f) in frames.iter().enumerate().take(INDEX_AHEAD) {
+            ahead.index(self, snap, j, f.ingress, f.data());
         }
+        for j in 0..FLOW_AHEAD.min(n) {
+            ahead.flow(self, j);
+        }
+        for i in 0..n {
+            if let Some(f) = frames.get(i + INDEX_AHEAD) {
+                ahead.index(self, snap, i + INDEX_AHEAD, f.ingress, f.data());
+            }
+            if i + FLOW_AHEAD < n {
+                ahead.flow(self, i + FLOW_AHEAD);
+            }
+            verdicts[i] = self.handle_probed(snap, now, &mut frames[i], ahead.probe(i));
+        }
+    }
+
+    /// The key the conntrack lookup of a frame from `ingress` will use, read at fixed
+    /// offsets before the frame is parsed ([`packet::peek_tuple`]): the 5-tuple of a
+    /// TCP or UDP frame, or on the uplink of the frame inside VXLAN to this node's
+    /// VTEP. `None` for anything else (ARP, ICMP, malformed or truncated bytes, an
+    /// unknown port). For prefetching: a frame that [`Pipeline::handle`] drops or
+    /// passes may still have a key.
+    #[inline(always)]
+    pub fn conntrack_key(
+        &self,
+        snap: &Snapshot,
+        ingress: PortId,
+        frame: &[u8],
+    ) -> Option<FiveTuple> {
+        let port = self.cfg.ports.get(ingress)?;
+        let t = packet::peek_tuple(frame)?;
+        // What `decide` decapsulates.
+        let ours = port.role == PortRole::Uplink
+            && t.proto == Proto::Udp
+            && t.dport == self.cfg.vxlan_port
+            && t.dst == snap.node.vtep_ip;
+        if ours {
+            return packet::peek_tuple(frame.get(vxlan::OVERHEAD..)?);
+        }
+        Some(t)
+    }
+
+    /// Starts loading the conntrack index slot that handling this frame (from
+    /// `ingress`) will read first, and returns the probe for
+    /// [`crate::conntrack::FlowTable::prefetch_flow`] (via [`Pipeline::flows`]) a few
+    /// frames later and [`Pipeline::handle_probed`]. `None`, having loaded nothing,
+    /// when the frame has no [`Pipeline::conntrack_key`]. A hint: it changes no state
+    /// and no counter, and never panics. [`Lookahead`] runs it over a stream.
+    #[inline]
+    pub fn prefetch(&self, snap: &Snapshot, ingress: PortId, frame: &[u8]) -> Option<Probe> {
+        let t = self.conntrack_key(snap, ingress, frame)?;
+        Some(self.flows.prefetch(&t))
+    }
+
+    /// [`Pipeline::handle`] with the frame's probe from this pipeline's
+    /// [`Pipeline::prefetch`] (or [`Lookahead`]): the conntrack lookup takes the
+    /// tuple's hash from the probe instead of computing it again. A probe of another
+    /// tuple is ignored; the verdict, bytes and counters are those of
+    /// [`Pipeline::handle`].
+    #[inline]
+    pub fn handle_probed(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        probe: Option<&Probe>,
+    ) -> Verdict {
+        self.probe = probe.copied();
+        let v = self.handle(snap, now, f);
+        self.probe = None;
+        v
     }
 
     /// Expires up to `budget` idle flows; workers call it between batches.
@@ -340,7 +422,8 @@ impl Pipeline {
     }
 
     /// One frame through the pipeline, counted. [`Pipeline::process`] is this over a
-    /// batch; workers that walk their RX ring call it directly.
+    /// batch (with lookups prefetched ahead); workers that walk their RX ring call it
+    /// directly, or [`Pipeline::handle_probed`] with a [`Lookahead`].
     #[inline]
     pub fn handle(&mut self, snap: &Snapshot, now: Nanos, f: &mut Frame) -> Verdict {
         self.now = now;
@@ -511,7 +594,10 @@ impl Pipeline {
     /// flow's backend still serves its Service; a flow whose backend is gone is
     /// forgotten (its next packet picks a new backend).
     fn tracked(&mut self, snap: &Snapshot, now: Nanos, t: &FiveTuple) -> Option<(FlowId, Dir)> {
-        let (id, dir) = self.flows.lookup(t, now)?;
+        let (id, dir) = match self.probe {
+            Some(p) if p.key() == t => self.flows.lookup_probed(&p, now)?,
+            _ => self.flows.lookup(t, now)?,
+        };
         let flow = self.flows.get(id);
         if flow.data.generation != snap.generation as u32 {
             let (orig, reply) = (*flow.orig(), *flow.reply());
