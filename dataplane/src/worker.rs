@@ -17,9 +17,11 @@ use crossbeam_queue::ArrayQueue;
 use xsk_rs::FrameDesc;
 
 use crate::arp;
+use crate::conntrack::Probe;
 use crate::flow::Nanos;
 use crate::frame::{Frame, HEADROOM};
 use crate::inspect::{FlowQuery, ServiceCounter};
+use crate::lookahead::{Lookahead, FLOW_AHEAD, INDEX_AHEAD};
 use crate::neighbour::Neighbour;
 use crate::pipeline::{Config as PipelineConfig, Pipeline};
 use crate::ports::PortRole;
@@ -208,42 +210,21 @@ impl Worker {
         let mut rx = vec![FrameDesc::default(); batch];
         let mut scratch = vec![FrameDesc::default(); self.cfg.ring_size as usize];
         let start = Instant::now();
-        let mut generation = u64::MAX;
         // Housekeeping and publishing counters run every few milliseconds, not every
         // loop: a busy-polling worker would otherwise spend its time there.
         let mut next_chores = Nanos(0);
         let per_port_fill = (self.pool.total / (self.ports.len() * 2)).max(1);
-        let mut current: Option<Arc<Snapshot>> = None;
+        let mut current = self.shared.snapshot.load_full();
+        self.take_up(None, &current, Nanos(0));
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let snap = self.shared.snapshot.load_full();
             let now = Nanos(start.elapsed().as_nanos() as u64);
-            if snap.generation != generation {
-                generation = snap.generation;
-                // A snapshot patched from the previous one has the same ports at
-                // the same places: only the replaced ones are looked at. (The
-                // previous one is not freed here: the control side holds it until
-                // every worker reports the new generation.)
-                match current.replace(snap.clone()) {
-                    Some(prev) if prev.shares_frontends(&snap) => {
-                        self.pipeline.follow_patched(&snap);
-                        let replaced = prev
-                            .services()
-                            .iter()
-                            .zip(snap.services())
-                            .filter(|(old, new)| !Arc::ptr_eq(old, new))
-                            .map(|(_, new)| &**new);
-                        self.pipeline.prefetch_backends(replaced, now);
-                    }
-                    _ => {
-                        self.pipeline.follow_services(&snap);
-                        self.pipeline.prefetch_neighbours(&snap, now);
-                    }
-                }
-                if let Ok(mut s) = self.shared.status.lock() {
-                    s.switched_at = Some(Instant::now());
-                }
-                self.publish(generation);
+            // A guard, not a clone: the snapshot's reference count, which every
+            // worker shares, is touched only when the snapshot changed.
+            if self.shared.snapshot.load().generation != current.generation {
+                let prev = std::mem::replace(&mut current, self.shared.snapshot.load_full());
+                self.take_up(Some(&prev), &current, now);
             }
+            let snap = &*current;
             let mut work = 0;
             for p in self.ports.iter_mut() {
                 work += p.reap(&mut self.pool.free, &mut scratch);
@@ -262,8 +243,26 @@ impl Worker {
                     self.pool.prefetch(desc);
                 }
                 let ingress = self.ports[i].id;
-                for desc in rx[..n].iter_mut() {
-                    self.handle(&snap, now, desc, ingress, true);
+                // Conntrack lookups prefetched a few frames ahead (crate::lookahead).
+                let mut ahead = Lookahead::new();
+                for (j, desc) in rx[..n].iter().enumerate().take(INDEX_AHEAD) {
+                    // SAFETY: received frames are ours; the view is read and dropped.
+                    let bytes = unsafe { self.pool.packet(desc) };
+                    ahead.index(&self.pipeline, snap, j, ingress, bytes);
+                }
+                for j in 0..FLOW_AHEAD.min(n) {
+                    ahead.flow(&self.pipeline, j);
+                }
+                for j in 0..n {
+                    if j + INDEX_AHEAD < n {
+                        // SAFETY: as above; frame j + INDEX_AHEAD is not handled yet.
+                        let bytes = unsafe { self.pool.packet(&rx[j + INDEX_AHEAD]) };
+                        ahead.index(&self.pipeline, snap, j + INDEX_AHEAD, ingress, bytes);
+                    }
+                    if j + FLOW_AHEAD < n {
+                        ahead.flow(&self.pipeline, j + FLOW_AHEAD);
+                    }
+                    self.handle(snap, now, &mut rx[j], ingress, true, ahead.probe(j));
                 }
             }
             // Frames other workers handed over: their flows are ours.
@@ -272,10 +271,10 @@ impl Worker {
                     break;
                 };
                 work += 1;
-                self.handle(&snap, now, &mut h.desc, h.ingress, false);
+                self.handle(snap, now, &mut h.desc, h.ingress, false, None);
             }
             self.share_neighbours(now);
-            self.send_arp_requests(&snap);
+            self.send_arp_requests(snap);
             for (p, descs) in self.ports.iter_mut().zip(self.out.iter_mut()) {
                 if descs.is_empty() {
                     continue;
@@ -290,8 +289,8 @@ impl Worker {
             if now >= next_chores {
                 self.pipeline.housekeeping(now, 1024);
                 self.arp.expire();
-                self.answer_queries(&snap, now);
-                self.publish(generation);
+                self.answer_queries(snap, now);
+                self.publish(current.generation);
                 next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }
             if work == 0 && !self.cfg.busy_poll {
@@ -305,8 +304,35 @@ impl Worker {
                 self.sleeper.sleep(timeout)?;
             }
         }
-        self.publish(generation);
+        self.publish(current.generation);
         Ok(self.drain())
+    }
+
+    /// Switches to `snap` between two batches. A snapshot patched from the previous
+    /// one has the same ports at the same places: only the replaced ones are looked
+    /// at. (The previous one is not freed here: the control side holds it until
+    /// every worker reports the new generation.)
+    fn take_up(&mut self, prev: Option<&Snapshot>, snap: &Snapshot, now: Nanos) {
+        match prev {
+            Some(prev) if prev.shares_frontends(snap) => {
+                self.pipeline.follow_patched(snap);
+                let replaced = prev
+                    .services()
+                    .iter()
+                    .zip(snap.services())
+                    .filter(|(old, new)| !Arc::ptr_eq(old, new))
+                    .map(|(_, new)| &**new);
+                self.pipeline.prefetch_backends(replaced, now);
+            }
+            _ => {
+                self.pipeline.follow_services(snap);
+                self.pipeline.prefetch_neighbours(snap, now);
+            }
+        }
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.switched_at = Some(Instant::now());
+        }
+        self.publish(snap.generation);
     }
 
     /// One frame through the pipeline and to where its verdict sends it.
@@ -318,6 +344,7 @@ impl Worker {
         desc: &mut FrameDesc,
         ingress: PortId,
         may_hand_off: bool,
+        probe: Option<&Probe>,
     ) {
         let len = desc.lengths().data();
         let (verdict, start, flen) = {
@@ -325,7 +352,7 @@ impl Worker {
             // the view ends with this block.
             let buf = unsafe { self.pool.buffer(desc) };
             let mut frame = Frame::new(buf, HEADROOM, len, ingress);
-            let v = self.pipeline.handle(snap, now, &mut frame);
+            let v = self.pipeline.handle_probed(snap, now, &mut frame, probe);
             (v, frame.start(), frame.len())
         };
         match verdict {

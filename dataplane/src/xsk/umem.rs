@@ -88,6 +88,16 @@ impl FramePool {
         }
     }
 
+    /// The packet a received frame holds, read-only.
+    ///
+    /// # Safety
+    /// As [`FramePool::buffer`]: the caller owns the frame, and drops the slice before
+    /// taking a mutable view of it or giving it back to a ring.
+    pub unsafe fn packet(&self, desc: &FrameDesc) -> &[u8] {
+        // SAFETY: the caller owns the frame; no mutable view of it is alive.
+        unsafe { self.umem.data(desc).contents() }
+    }
+
     /// Asks the CPU to start loading the first two cache lines of the frame's packet
     /// (every header kxdp reads, VXLAN's included). Only a hint: no access happens.
     #[inline]
