@@ -28,10 +28,13 @@
 //! ## Scenarios
 //! - `established/uplink`: one assured TCP flow from an external client to the
 //!   NodePort (eTP Local: DNAT only), arriving on the uplink with complete checksums
-//!   (incremental updates), delivered to the backend's pod port.
+//!   (incremental updates), delivered to the backend's pod port. Every frame of a
+//!   batch is the same flow, so `process`'s lookahead (`dataplane/src/lookahead.rs`)
+//!   prefetches for the first frame only and the rest reuse its probe.
 //! - `established/uplink_64k_flows`: the same with 65,536 assured flows, each batch 64
 //!   different ones in scrambled turn, so conntrack lookups leave the cache as on a
-//!   busy node.
+//!   busy node: what `process`'s lookahead prefetches, a few frames ahead, for every
+//!   frame.
 //! - `established/pod`: one assured TCP flow from pod C to the ClusterIP, arriving on
 //!   a pod port with a partial checksum (the pipeline recomputes the L4 checksum in
 //!   full), delivered to the backend's pod port.
