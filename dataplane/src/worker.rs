@@ -174,8 +174,13 @@ impl Worker {
         mut register: impl FnMut(PortId, u32, i32) -> Result<(), SteerError>,
     ) -> Result<Worker, WorkerError> {
         let mut ports = Vec::new();
+        let mut pool = pool;
+        let fill = fill_share(pool.total, pipeline_cfg.ports.len(), cfg.ring_size);
         for (pid, p) in pipeline_cfg.ports.iter() {
-            let port = XskPort::open(&pool, pid, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
+            let mut port = XskPort::open(&pool, pid, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
+            // Frames to receive into before the steering program sends any: the
+            // kernel drops what finds the fill ring empty.
+            port.refill(&mut pool.free, fill);
             register(pid, cfg.queue, port.fd())?;
             ports.push(port);
         }
@@ -213,7 +218,7 @@ impl Worker {
         // Housekeeping and publishing counters run every few milliseconds, not every
         // loop: a busy-polling worker would otherwise spend its time there.
         let mut next_chores = Nanos(0);
-        let per_port_fill = (self.pool.total / (self.ports.len() * 2)).max(1);
+        let per_port_fill = fill_share(self.pool.total, self.ports.len(), self.cfg.ring_size);
         let mut current = self.shared.snapshot.load_full();
         self.take_up(None, &current, Nanos(0));
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -228,7 +233,7 @@ impl Worker {
             let mut work = 0;
             for p in self.ports.iter_mut() {
                 work += p.reap(&mut self.pool.free, &mut scratch);
-                p.refill(&mut self.pool.free, per_port_fill.min(p.ring_size as usize));
+                p.refill(&mut self.pool.free, per_port_fill);
             }
             for i in 0..self.ports.len() {
                 let n = self.ports[i].receive(&mut rx);
@@ -484,6 +489,12 @@ impl Worker {
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),
         }
     }
+}
+
+/// Frames a worker keeps in each port's fill ring: half its frames shared among its
+/// ports (the other half is in flight or free), at most a ring's worth.
+fn fill_share(frames: usize, ports: usize, ring_size: u32) -> usize {
+    (frames / (ports.max(1) * 2)).min(ring_size as usize).max(1)
 }
 
 /// Keeps a worker's free frames between a quarter and three quarters of its `share`:
