@@ -87,15 +87,31 @@ impl Floor {
                 };
             }
         };
-        let mut obj = load(XSK_OBJ, "AF_XDP floor steering")?;
-        map_mut(&mut obj, "xsks")?.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)?;
-        let attached = Attached::new(&program(&obj, "xdp_xsk")?, &topo.node, &topo.client_host_if)?;
-        Ok(Floor {
-            stop,
-            thread: Some(thread),
-            _attached: attached,
-            _obj: obj,
-        })
+        let steer = || -> Result<(Object, Attached)> {
+            let mut obj = load(XSK_OBJ, "AF_XDP floor steering")?;
+            map_mut(&mut obj, "xsks")?.update(
+                &0u32.to_ne_bytes(),
+                &fd.to_ne_bytes(),
+                MapFlags::ANY,
+            )?;
+            let prog = program(&obj, "xdp_xsk")?;
+            let attached = Attached::new(&prog, &topo.node, &topo.client_host_if)?;
+            Ok((obj, attached))
+        };
+        match steer() {
+            Ok((obj, attached)) => Ok(Floor {
+                stop,
+                thread: Some(thread),
+                _attached: attached,
+                _obj: obj,
+            }),
+            Err(e) => {
+                // Not left spinning until MAX_RUN.
+                stop.store(true, Ordering::Relaxed);
+                let _ = thread.join();
+                Err(e)
+            }
+        }
     }
 }
 
