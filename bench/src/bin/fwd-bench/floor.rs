@@ -207,3 +207,79 @@ fn dnat(p: &mut [u8], r: Rewrite) -> bool {
     p[6..12].copy_from_slice(&r.src_mac);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kxdp_dataplane::checksum::{checksum, ipv4_header_ok, l4_checksum};
+    use std::net::Ipv4Addr;
+
+    /// A 64-byte frame from the client to the Service, checksums complete.
+    fn frame(sport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 64];
+        p[12..14].copy_from_slice(&[0x08, 0x00]);
+        p[14] = 0x45;
+        p[16..18].copy_from_slice(&50u16.to_be_bytes());
+        p[22] = 64;
+        p[23] = libc::IPPROTO_UDP as u8;
+        p[26..30].copy_from_slice(&[198, 18, 1, 10]);
+        p[30..34].copy_from_slice(&CLUSTER_IP.octets());
+        let c = checksum(&p[14..34]);
+        p[24..26].copy_from_slice(&c.to_be_bytes());
+        p[34..36].copy_from_slice(&sport.to_be_bytes());
+        p[36..38].copy_from_slice(&SERVICE_PORT.to_be_bytes());
+        p[38..40].copy_from_slice(&30u16.to_be_bytes());
+        let u = l4_checksum(
+            Ipv4Addr::new(198, 18, 1, 10),
+            CLUSTER_IP,
+            libc::IPPROTO_UDP as u8,
+            &p[34..64],
+            6,
+        );
+        p[40..42].copy_from_slice(&u.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn the_rewrite_leaves_checksums_a_receiver_accepts() {
+        let r = Rewrite {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+        };
+        for sport in [1024, 40000, 65535] {
+            let mut p = frame(sport);
+            assert!(dnat(&mut p, r));
+            assert!(ipv4_header_ok(&p[14..34]));
+            assert_eq!(p[30..34], BACKEND_IP.octets());
+            assert_eq!(p[36..38], TARGET_PORT.to_be_bytes());
+            assert_eq!(p[22], 63, "TTL decremented");
+            let stored = u16::from_be_bytes([p[40], p[41]]);
+            let want = l4_checksum(
+                Ipv4Addr::new(198, 18, 1, 10),
+                BACKEND_IP,
+                libc::IPPROTO_UDP as u8,
+                &p[34..64],
+                6,
+            );
+            assert_eq!(stored, want, "sport {sport}");
+            assert_eq!((&p[0..6], &p[6..12]), (&r.dst_mac[..], &r.src_mac[..]));
+        }
+    }
+
+    #[test]
+    fn frames_not_to_the_service_are_left_alone() {
+        let r = Rewrite {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+        };
+        let mut other_port = frame(1024);
+        other_port[36..38].copy_from_slice(&1u16.to_be_bytes());
+        let mut arp = frame(1024);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        for mut p in [other_port, arp, vec![0u8; 20]] {
+            let before = p.clone();
+            assert!(!dnat(&mut p, r));
+            assert_eq!(p, before);
+        }
+    }
+}
