@@ -33,12 +33,14 @@ impl Wake {
     pub fn wake(&self) -> io::Result<()> {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), 8) };
-        // EAGAIN: the counter is saturated, the worker will wake anyway.
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-            return Err(io::Error::last_os_error());
+        if unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), 8) } >= 0 {
+            return Ok(());
         }
-        Ok(())
+        match io::Error::last_os_error() {
+            // The counter is saturated: the worker will wake anyway.
+            e if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            e => Err(e),
+        }
     }
 
     fn clear(&self) {
