@@ -5,14 +5,15 @@
  * forwarders resolve the pod's MAC) goes to the pod's stack. A frame counts as
  * received only with a correct IPv4 header checksum and a correct (or absent) UDP
  * checksum; the others are counted apart, so a forwarder that mangles frames does
- * not score. Being an XDP program, it also gives eth0 the NAPI that frames
- * redirected into its peer by XDP need.
+ * not score. Two attach points, chosen by fwd-bench --sink: tc ingress (the default)
+ * or XDP; see the programs below.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "csum.h"
@@ -75,11 +76,9 @@ static __always_inline int checksums_ok(struct iphdr *ip, struct udphdr *udp, vo
 	return csum_fold(sum) == 0xffff;
 }
 
-SEC("xdp")
-int xdp_sink(struct xdp_md *ctx)
+/* Counts the frame if it is the benchmark's: returns whether it was. */
+static __always_inline int counted(void *data, void *end)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 	struct udphdr *udp = (void *)(ip + 1);
@@ -87,15 +86,38 @@ int xdp_sink(struct xdp_md *ctx)
 
 	if ((void *)(udp + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP)
-		return XDP_PASS;
+		return 0;
 	struct target *t = bpf_map_lookup_elem(&target, &zero);
 	if (!t || ip->daddr != t->ip || udp->dest != t->port)
-		return XDP_PASS;
+		return 0;
 	__u32 k = checksums_ok(ip, udp, end) ? GOOD : BAD_CHECKSUM;
 	__u64 *c = bpf_map_lookup_elem(&counts, &k);
 	if (c)
 		(*c)++;
-	return XDP_DROP;
+	return 1;
+}
+
+/* At the driver: frames redirected by XDP are counted before any skb exists, but an
+ * skb arriving here (the kernel's and AF_XDP's) is first converted, and copied if
+ * it has less than 256 bytes of headroom, as AF_XDP's copy-mode skbs do. */
+SEC("xdp")
+int xdp_sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	return counted(data, end) ? XDP_DROP : XDP_PASS;
+}
+
+/* Where the pod's stack starts (tc ingress): every path delivers an skb, as it must
+ * to a real pod. */
+SEC("tc")
+int tc_sink(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	return counted(data, end) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -5,9 +5,12 @@
 use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{MapCore, MapFlags, MapMut, Object, ObjectBuilder, Program, Xdp, XdpFlags};
+use libbpf_rs::{
+    MapCore, MapFlags, MapMut, Object, ObjectBuilder, Program, TcHookBuilder, Xdp, XdpFlags,
+    TC_INGRESS,
+};
 
-use crate::netns::within;
+use crate::netns::{exec, within};
 use crate::topology::{Topology, BACKEND_IP, CLUSTER_IP, POD_IF, SERVICE_PORT, TARGET_PORT};
 
 pub static GEN_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gen.bpf.o"));
@@ -70,6 +73,44 @@ impl Drop for Attached {
     }
 }
 
+/// A tc ingress program (direct action, on a clsact qdisc) on an interface in a
+/// namespace; the qdisc, and with it the program, is removed on drop.
+pub struct TcAttached {
+    ns: String,
+    iface: String,
+}
+
+impl TcAttached {
+    pub fn new(prog: &Program, ns: &str, iface: &str) -> Result<TcAttached> {
+        let fd = prog.as_fd();
+        within(ns, || {
+            let mut hook = TcHookBuilder::new(fd)
+                .ifindex(ifindex(iface)?)
+                .replace(true)
+                .handle(1)
+                .priority(1)
+                .hook(TC_INGRESS);
+            hook.create()
+                .and_then(|mut h| h.attach())
+                .with_context(|| format!("cannot attach tc ingress to {iface} in {ns}"))?;
+            Ok(())
+        })?;
+        Ok(TcAttached {
+            ns: ns.into(),
+            iface: iface.into(),
+        })
+    }
+}
+
+impl Drop for TcAttached {
+    fn drop(&mut self) {
+        let _ = exec(
+            &self.ns,
+            &["tc", "qdisc", "del", "dev", &self.iface, "clsact"],
+        );
+    }
+}
+
 /// The ifindex of `iface` in the calling thread's namespace.
 pub fn ifindex(iface: &str) -> Result<i32> {
     let name = std::ffi::CString::new(iface)?;
@@ -90,20 +131,52 @@ pub struct SinkCount {
     pub bad: u64,
 }
 
+/// Where the sink counts on the backend pod's eth0 (bench/bpf/sink.bpf.c).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkAt {
+    /// tc ingress: every path hands the pod an skb, as a real pod needs.
+    Tc,
+    /// XDP: frames redirected by XDP are dropped before an skb exists; skbs (the
+    /// kernel's, AF_XDP's) are converted first, AF_XDP's copied (too little headroom).
+    Xdp,
+}
+
 /// The sink on the backend pod's eth0 (bench/bpf/sink.bpf.c).
 pub struct Sink {
     obj: Object,
-    _attached: Attached,
+    _attached: SinkAttached,
+}
+
+enum SinkAttached {
+    Tc(#[allow(dead_code)] TcAttached),
+    Xdp(#[allow(dead_code)] Attached),
 }
 
 impl Sink {
-    pub fn attach(topo: &Topology) -> Result<Sink> {
+    pub fn attach(topo: &Topology, at: SinkAt) -> Result<Sink> {
         let mut obj = load(SINK_OBJ, "sink")?;
         let mut target = [0u8; 8];
         target[0..4].copy_from_slice(&BACKEND_IP.octets());
         target[4..6].copy_from_slice(&TARGET_PORT.to_be_bytes());
         map_mut(&mut obj, "target")?.update(&0u32.to_ne_bytes(), &target, MapFlags::ANY)?;
-        let attached = Attached::new(&program(&obj, "xdp_sink")?, &topo.backend, POD_IF)?;
+        let attached = match at {
+            SinkAt::Tc => {
+                // XDP redirects into a veth land in its peer's NAPI, which a veth has
+                // only with XDP or GRO on.
+                exec(&topo.backend, &["ethtool", "-K", POD_IF, "gro", "on"])
+                    .context("cannot turn GRO on for the backend's eth0")?;
+                SinkAttached::Tc(TcAttached::new(
+                    &program(&obj, "tc_sink")?,
+                    &topo.backend,
+                    POD_IF,
+                )?)
+            }
+            SinkAt::Xdp => SinkAttached::Xdp(Attached::new(
+                &program(&obj, "xdp_sink")?,
+                &topo.backend,
+                POD_IF,
+            )?),
+        };
         Ok(Sink {
             obj,
             _attached: attached,

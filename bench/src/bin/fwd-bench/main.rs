@@ -10,7 +10,7 @@
 //!   the same veths, the ceiling for this path (bench/bpf/fwd.bpf.c).
 //!
 //! The load comes from an in-kernel generator in the client pod (generator.rs), the
-//! count from an XDP sink on the backend pod (bench/bpf/sink.bpf.c). Each path is
+//! count from a sink on the backend pod (bench/bpf/sink.bpf.c, `--sink`). Each path is
 //! measured saturated (the generator as fast as its core goes) and paced at a
 //! fraction of what it forwarded saturated, where it should lose nothing.
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
-use crate::bpf::{Sink, XdpForwarder};
+use crate::bpf::{Sink, SinkAt, XdpForwarder};
 use crate::floor::Floor;
 use crate::generator::Generator;
 use crate::kernel::KernelPath;
@@ -78,6 +78,12 @@ struct Args {
     /// another vCPU takes milliseconds, and the veth ring holds 256 frames.)
     #[arg(long, value_enum, default_value_t = Napi::Inline)]
     napi: Napi,
+    /// Where the sink on the backend pod counts frames: at tc ingress, where the
+    /// pod's stack starts (every path delivers an skb), or at XDP (frames redirected
+    /// by the XDP path never become skbs; AF_XDP's skbs are copied to give XDP its
+    /// headroom).
+    #[arg(long, value_enum, default_value_t = SinkAt::Tc)]
+    sink: SinkAt,
     /// Distinct flows (source ports) the generator cycles through; a power of two.
     #[arg(long, default_value_t = 64)]
     flows: u16,
@@ -168,7 +174,7 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| format!("kfb{}", std::process::id()));
 
     let topo = Topology::build(&prefix)?;
-    let sink = Sink::attach(&topo)?;
+    let sink = Sink::attach(&topo, args.sink)?;
     let mut gen = Generator::new(&topo, args.flows, args.gen_core)?;
     println!(
         "fwd-bench: {} flows of 64-byte UDP {}:{} (ClusterIP) -> {}:{} (backend pod), \
