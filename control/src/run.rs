@@ -18,7 +18,7 @@ use kxdp_dataplane::snapshot::{Mac, Snapshot};
 use kxdp_dataplane::worker::{Fleet, Shared, Worker, WorkerConfig, WorkerStatus};
 use kxdp_dataplane::xsk::port::BindMode;
 use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
-use kxdp_dataplane::xsk::umem::{FramePool, FRAME_SIZE};
+use kxdp_dataplane::xsk::umem::FramePool;
 
 use crate::admin;
 use crate::cli::{BindArg, RunArgs, XdpModeArg};
@@ -288,7 +288,6 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         },
     )?;
     let tx_budget = workers.iter().map(|w| w.tx_budget()).min().unwrap_or(0);
-    let huge_pages = workers.iter().all(|w| w.huge_pages());
     let handles: Vec<_> = workers
         .into_iter()
         .enumerate()
@@ -303,17 +302,9 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         queues = a.queues,
         uplink = %a.uplink,
         pods = a.pod_ifaces.len(),
-        huge_pages,
         tx_budget,
         "kxdp is forwarding"
     );
-    if !huge_pages {
-        tracing::info!(
-            "frames are on 4 KiB pages: reserve {} huge pages (sysctl vm.nr_hugepages) \
-             for faster forwarding, see docs/operations.md",
-            (total_frames as u64 * FRAME_SIZE as u64).div_ceil(2 << 20)
-        );
-    }
     let mut generation = 1;
     let mut last_sync = Instant::now();
     // A change seen and not loaded yet; the oldest change not in a published snapshot

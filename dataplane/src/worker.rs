@@ -206,11 +206,6 @@ impl Worker {
         self.ports.iter().map(|p| p.tx_budget).min().unwrap_or(0)
     }
 
-    /// Whether this worker's frames sit on huge pages.
-    pub fn huge_pages(&self) -> bool {
-        self.pool.huge_pages
-    }
-
     /// Wakes the worker if it sleeps: the control side calls it after publishing a
     /// snapshot, so an idle worker takes it up now rather than at its poll timeout.
     pub fn waker(&self) -> Arc<Wake> {

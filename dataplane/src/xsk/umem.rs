@@ -27,8 +27,6 @@ pub struct FramePool {
     pub free: Vec<FrameDesc>,
     /// Frames this pool started with (its share of the UMEM).
     pub total: usize,
-    /// Whether the UMEM sits on 2 MiB huge pages (see [`FramePool::new`]).
-    pub huge_pages: bool,
 }
 
 impl FramePool {
@@ -42,27 +40,12 @@ impl FramePool {
             .build()
             .map_err(|e| UmemError::Config(e.to_string()))?;
         let n = NonZeroU32::new(frames).ok_or(UmemError::Config("--frames must be > 0".into()))?;
-        // Huge pages where the node has reserved them (vm.nr_hugepages): every frame
-        // is on its own 4 KiB page otherwise, and a batch of 64 touches 64 pages, more
-        // than the TLB keeps (measured in docs/results.md). Without a reservation the
-        // mapping fails at once and ordinary pages do.
-        let (umem, free, huge_pages) = match Umem::new(cfg, n, true) {
-            Ok((umem, free)) => (umem, free, true),
-            Err(_) => {
-                let (umem, free) = Umem::new(cfg, n, false).map_err(|e| UmemError::Create {
-                    frames,
-                    err: std::io::Error::other(e.to_string()),
-                })?;
-                (umem, free, false)
-            }
-        };
+        let (umem, free) = Umem::new(cfg, n, false).map_err(|e| UmemError::Create {
+            frames,
+            err: std::io::Error::other(e.to_string()),
+        })?;
         let total = free.len();
-        Ok(FramePool {
-            umem,
-            free,
-            total,
-            huge_pages,
-        })
+        Ok(FramePool { umem, free, total })
     }
 
     /// Splits the pool into `n` pools over the same UMEM, one per worker: frames
@@ -79,7 +62,6 @@ impl FramePool {
                     umem: self.umem.clone(),
                     total: mine.len(),
                     free: mine,
-                    huge_pages: self.huge_pages,
                 }
             })
             .collect()
@@ -147,40 +129,5 @@ impl FramePool {
             }
             self.umem.data_mut(desc).cursor().set_pos(len);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn free_huge_pages() -> u64 {
-        let info = std::fs::read_to_string("/proc/meminfo").unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("HugePages_Free:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// The UMEM takes huge pages when some are free and ordinary pages otherwise;
-    /// either way every frame is usable.
-    #[test]
-    fn the_umem_takes_huge_pages_only_when_the_node_has_some_free() {
-        // SAFETY: plain libc getter.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: registering a UMEM needs root");
-            return;
-        }
-        let free = free_huge_pages();
-        let mut pool = FramePool::new(64, 64).unwrap();
-        assert_eq!(pool.huge_pages, free > 0, "{free} huge pages were free");
-        assert_eq!(pool.free.len(), 64);
-        let mut last = pool.free.pop().unwrap();
-        // SAFETY: the frame is ours, in no ring.
-        let buf = unsafe { pool.buffer(&mut last) };
-        buf[HEADROOM] = 0x5a;
-        pool.commit(&mut last, HEADROOM, 1);
-        // SAFETY: as above; the mutable view is gone.
-        assert_eq!(unsafe { pool.packet(&last) }, &[0x5a]);
     }
 }
