@@ -121,6 +121,15 @@ pub enum XdpModeArg {
     Skb,
 }
 
+/// `--frame-size`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSizeArg {
+    #[value(name = "2048")]
+    Half,
+    #[value(name = "4096")]
+    Page,
+}
+
 /// `--bind`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BindArg {
@@ -158,11 +167,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Descriptors per AF_XDP ring (a power of two).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 4096)]
     pub ring_size: u32,
-    /// UMEM frames per worker (4 KiB each).
-    #[arg(long, default_value_t = 16384)]
+    /// UMEM frames per worker (--frame-size bytes each, locked in memory).
+    #[arg(long, default_value_t = 32768)]
     pub frames: u32,
+    /// Bytes per UMEM frame: 2048 holds Ethernet frames of up to 1728 bytes (MTU
+    /// 1500 and a little more), 4096 up to 3776.
+    #[arg(long, value_enum, default_value_t = FrameSizeArg::Half)]
+    pub frame_size: FrameSizeArg,
     /// The pods' default gateway (kxdp's ARP requests to pods come from it).
     #[arg(long, default_value = "169.254.1.1")]
     pub gateway_ip: std::net::Ipv4Addr,

@@ -18,10 +18,10 @@ use kxdp_dataplane::snapshot::{Mac, Snapshot};
 use kxdp_dataplane::worker::{Fleet, Shared, Worker, WorkerConfig, WorkerStatus};
 use kxdp_dataplane::xsk::port::BindMode;
 use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
-use kxdp_dataplane::xsk::umem::FramePool;
+use kxdp_dataplane::xsk::umem::{FramePool, FrameSize};
 
 use crate::admin;
-use crate::cli::{BindArg, RunArgs, XdpModeArg};
+use crate::cli::{BindArg, FrameSizeArg, RunArgs, XdpModeArg};
 use crate::endpoints::{self, State, SyncState};
 use crate::metrics::{self, DataplaneMetrics, SyncMetrics};
 
@@ -105,6 +105,13 @@ fn rx_queues(iface: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
+fn frame_size(a: &RunArgs) -> FrameSize {
+    match a.frame_size {
+        FrameSizeArg::Half => FrameSize::Half,
+        FrameSizeArg::Page => FrameSize::Page,
+    }
+}
+
 /// Everything that can be checked before attaching anything.
 fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
     // SAFETY: plain libc getter.
@@ -140,6 +147,20 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
             .parse()
             .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
         let mtu: u16 = sysfs(name, "mtu")?.parse().context("mtu")?;
+        let longest = mtu as usize + 14;
+        if longest > frame_size(a).max_packet() {
+            bail!(
+                "interface {name} has MTU {mtu}: its {longest}-byte frames do not fit \
+                 --frame-size {} (at most {} bytes); use --frame-size 4096{}",
+                frame_size(a).bytes(),
+                frame_size(a).max_packet(),
+                if longest > FrameSize::Page.max_packet() {
+                    " and an MTU of at most 3762 (jumbo frames are not supported yet)"
+                } else {
+                    ""
+                }
+            );
+        }
         // A physical NIC has a device link in sysfs; veths and other virtual links
         // do not, and carry partial checksums across.
         let virtual_link = !std::path::Path::new(&format!("/sys/class/net/{name}/device")).exists();
@@ -208,7 +229,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     // One UMEM for all workers, so a reply that lands on another worker's queue can
     // be handed to the worker that owns its flow (see dataplane::owners).
     let total_frames = a.frames.saturating_mul(a.queues);
-    let pools = FramePool::new(total_frames, a.ring_size)?.split(a.queues as usize);
+    let pools = FramePool::new(total_frames, frame_size(&a), a.ring_size)?.split(a.queues as usize);
     let fleet = Arc::new(Fleet::new(a.queues as usize, total_frames as usize));
     let owners = (a.queues > 1).then(|| {
         Arc::new(FlowOwners::new(

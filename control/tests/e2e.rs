@@ -875,3 +875,58 @@ fn services_flows_and_explain_show_the_traffic_kxdp_forwarded() {
     assert!(status.is_some_and(|s| s.success()), "{log}");
     assert!(!socket.exists(), "the admin socket is removed on exit");
 }
+
+/// Settings kxdp cannot serve are refused before anything is attached, with a
+/// message naming what is wrong: an interface that does not exist, a queue it does
+/// not have, a ring size that is not a power of two, and an MTU whose frames do not
+/// fit the UMEM's frames.
+#[test]
+fn kxdp_run_refuses_bad_settings_before_attaching_anything() {
+    let name = "kxdp_run_refuses_bad_settings_before_attaching_anything";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10], &[]);
+    let objects = t.write_objects(&[]);
+    let admin = t.dir.join("admin.sock");
+    let pod_if = t.pod(1, 10).host_if.clone();
+    t.exec(&t.node1, &["ip", "link", "set", &pod_if, "mtu", "1800"]);
+    let refused = |extra: &[&str], expected: &str| {
+        let mut argv = vec![env!("CARGO_BIN_EXE_kxdp"), "run", "--objects"];
+        argv.push(objects.to_str().expect("utf-8 path"));
+        argv.extend(["--node-name", "node1", "--admin-socket"]);
+        argv.push(admin.to_str().expect("utf-8 path"));
+        argv.extend(extra);
+        let out = t.exec_within(&t.node1, &argv, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        for iface in [netns::UPLINK, pod_if.as_str()] {
+            let link = t.link(&t.node1, iface);
+            assert!(
+                !link.contains("xdp"),
+                "{extra:?} attached XDP to {iface}: {link}"
+            );
+        }
+    };
+    let uplink = ["--uplink", netns::UPLINK, "--pod-iface", &pod_if];
+    refused(
+        &["--uplink", "nosuch0", "--pod-iface", &pod_if],
+        "interface nosuch0 does not exist",
+    );
+    refused(
+        &[&uplink[..], &["--queues", "2"]].concat(),
+        "has no queue 1",
+    );
+    refused(
+        &[&uplink[..], &["--ring-size", "3000"]].concat(),
+        "--ring-size 3000 is not a power of two",
+    );
+    // 1814-byte frames: more than a 2048-byte frame holds after the headroom.
+    refused(
+        &uplink,
+        &format!(
+            "interface {pod_if} has MTU 1800: its 1814-byte frames do not fit --frame-size 2048"
+        ),
+    );
+}

@@ -6,6 +6,8 @@ use xsk_rs::config::{BindFlags, LibxdpFlags, QueueSize, SocketConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
 
 use super::umem::FramePool;
+#[cfg(test)]
+use super::umem::FrameSize;
 use crate::verdict::PortId;
 
 /// `--bind`: how the socket gets frames from the driver.
@@ -275,7 +277,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 ns.enter();
-                let mut pool = FramePool::new(256, 64).unwrap();
+                let mut pool = FramePool::new(256, FrameSize::Half, 64).unwrap();
                 let mut port =
                     XskPort::open(&pool, PortId(0), "xa", 0, 64, BindMode::Copy).unwrap();
                 let expected = if kernel() >= (6, 17) { 64 } else { 32 };

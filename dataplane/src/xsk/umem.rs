@@ -6,13 +6,33 @@
 
 use std::num::NonZeroU32;
 
-use xsk_rs::config::{FrameSize, QueueSize, UmemConfig};
+use xsk_rs::config::{QueueSize, UmemConfig};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::frame::HEADROOM;
 
-/// Bytes per UMEM frame: a page, room for a 1500-byte frame, headroom and replies.
-pub const FRAME_SIZE: u32 = 4096;
+/// `--frame-size`: bytes per UMEM frame. Half a page holds a 1500-byte-MTU frame with
+/// the headroom encapsulation needs, and fits twice the frames in the same locked
+/// memory as a page each (deeper rings, see docs/operations.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSize {
+    Half = 2048,
+    Page = 4096,
+}
+
+/// Headroom the kernel keeps before every received packet (XDP_PACKET_HEADROOM).
+const XDP_HEADROOM: usize = 256;
+
+impl FrameSize {
+    pub fn bytes(self) -> u32 {
+        self as u32
+    }
+
+    /// The longest Ethernet frame (headers included) one frame holds.
+    pub fn max_packet(self) -> usize {
+        self as usize - XDP_HEADROOM - HEADROOM
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UmemError {
@@ -30,10 +50,12 @@ pub struct FramePool {
 }
 
 impl FramePool {
-    pub fn new(frames: u32, ring_size: u32) -> Result<FramePool, UmemError> {
+    pub fn new(frames: u32, size: FrameSize, ring_size: u32) -> Result<FramePool, UmemError> {
         let q = |n| QueueSize::new(n).map_err(|e| UmemError::Config(e.to_string()));
+        let frame_size = xsk_rs::config::FrameSize::new(size.bytes())
+            .map_err(|e| UmemError::Config(e.to_string()))?;
         let cfg = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| UmemError::Config(e.to_string()))?)
+            .frame_size(frame_size)
             .fill_queue_size(q(ring_size)?)
             .comp_queue_size(q(ring_size)?)
             .frame_headroom(HEADROOM as u32)

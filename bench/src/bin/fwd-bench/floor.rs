@@ -17,7 +17,7 @@ use kxdp_dataplane::checksum::{update16, update32};
 use kxdp_dataplane::frame::HEADROOM;
 use kxdp_dataplane::verdict::PortId;
 use kxdp_dataplane::xsk::port::{BindMode, XskPort};
-use kxdp_dataplane::xsk::umem::FramePool;
+use kxdp_dataplane::xsk::umem::{FramePool, FrameSize};
 use libbpf_rs::{MapCore, MapFlags, Object};
 use xsk_rs::FrameDesc;
 
@@ -27,8 +27,8 @@ use crate::topology::{Mac, Topology, BACKEND_IP, CLUSTER_IP, SERVICE_PORT, TARGE
 
 static XSK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xsk.bpf.o"));
 
-const FRAMES: u32 = 16384;
-const RING: u32 = 2048;
+const FRAMES: u32 = 32768;
+const RING: u32 = 4096;
 const BATCH: usize = 64;
 /// The forwarder stops by itself after this long, whatever happens to fwd-bench.
 const MAX_RUN: Duration = Duration::from_secs(600);
@@ -67,7 +67,7 @@ impl Floor {
             .spawn(move || -> Result<()> {
                 enter(&node)?;
                 pin_to(core)?;
-                let mut pool = FramePool::new(FRAMES, RING)?;
+                let mut pool = FramePool::new(FRAMES, FrameSize::Half, RING)?;
                 let open = |id, iface: &str| {
                     XskPort::open(&pool, PortId(id), iface, 0, RING, BindMode::Copy)
                 };
