@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use kxdp_dataplane::owners::FlowOwners;
+use kxdp_dataplane::packet::ETH_LEN;
 use kxdp_dataplane::pipeline::Ownership;
 use kxdp_dataplane::ports::{Port, PortRole, Ports};
 use kxdp_dataplane::snapshot::{Mac, Snapshot};
@@ -147,17 +148,22 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
             .parse()
             .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
         let mtu: u16 = sysfs(name, "mtu")?.parse().context("mtu")?;
-        let longest = mtu as usize + 14;
-        if longest > frame_size(a).max_packet() {
+        let longest = mtu as usize + ETH_LEN;
+        let holds = frame_size(a).max_packet();
+        if longest > holds {
+            let largest = FrameSize::Page.max_packet();
             bail!(
                 "interface {name} has MTU {mtu}: its {longest}-byte frames do not fit \
-                 --frame-size {} (at most {} bytes); use --frame-size 4096{}",
+                 --frame-size {} (at most {holds} bytes); {}",
                 frame_size(a).bytes(),
-                frame_size(a).max_packet(),
-                if longest > FrameSize::Page.max_packet() {
-                    " and an MTU of at most 3762 (jumbo frames are not supported yet)"
+                if longest <= largest {
+                    "use --frame-size 4096".to_owned()
                 } else {
-                    ""
+                    format!(
+                        "kxdp holds at most {largest}-byte frames (MTU {}): jumbo frames \
+                         are not supported yet",
+                        largest - ETH_LEN
+                    )
                 }
             );
         }

@@ -878,8 +878,9 @@ fn services_flows_and_explain_show_the_traffic_kxdp_forwarded() {
 
 /// Settings kxdp cannot serve are refused before anything is attached, with a
 /// message naming what is wrong: an interface that does not exist, a queue it does
-/// not have, a ring size that is not a power of two, and an MTU whose frames do not
-/// fit the UMEM's frames.
+/// not have, a ring size that is not a power of two, and MTUs whose frames do not
+/// fit the UMEM's frames (one that would with `--frame-size 4096`, one that never
+/// would).
 #[test]
 fn kxdp_run_refuses_bad_settings_before_attaching_anything() {
     let name = "kxdp_run_refuses_bad_settings_before_attaching_anything";
@@ -928,5 +929,10 @@ fn kxdp_run_refuses_bad_settings_before_attaching_anything() {
         &format!(
             "interface {pod_if} has MTU 1800: its 1814-byte frames do not fit --frame-size 2048"
         ),
+    );
+    t.exec(&t.node1, &["ip", "link", "set", &pod_if, "mtu", "9000"]);
+    refused(
+        &[&uplink[..], &["--frame-size", "4096"]].concat(),
+        "jumbo frames are not supported yet",
     );
 }
