@@ -936,3 +936,34 @@ fn kxdp_run_refuses_bad_settings_before_attaching_anything() {
         "jumbo frames are not supported yet",
     );
 }
+
+/// More fill rings than frames to fill them all: every interface still gets its
+/// share, so pods on the last interfaces are served too (each fill ring once took
+/// all the free frames it had room for, and the first interfaces took them all).
+#[test]
+fn pods_on_every_interface_are_served_when_the_rings_could_hold_more_frames_than_there_are() {
+    let name =
+        "pods_on_every_interface_are_served_when_the_rings_could_hold_more_frames_than_there_are";
+    if !available(name) {
+        return;
+    }
+    // The uplink and five pods: six fill rings of 1024 against 4096 frames.
+    let t = Topology::new(name, &[10, 11, 12, 13, 14], &[]);
+    let backend = t.pod(1, 10);
+    let _http = t.server(backend, "http", HTTP_SERVER, HTTP_PORT);
+    let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[backend]);
+    let objects = t.write_objects(&[web.clone()]);
+    let objects = objects.to_str().expect("utf-8 path");
+    let _kxdp = t.start_kxdp_with(&[
+        "--objects",
+        objects,
+        "--frames",
+        "4096",
+        "--ring-size",
+        "1024",
+    ]);
+    for h in [11, 12, 13, 14] {
+        let r = t.http_get(&t.pod(1, h).ns, &web.cluster_url());
+        assert_eq!(r.backend, backend.ip, "from pod {h}: {r:?}");
+    }
+}

@@ -132,9 +132,16 @@ impl XskPort {
         }
     }
 
-    /// Gives the kernel free frames to receive into.
-    pub fn refill(&mut self, free: &mut Vec<FrameDesc>, max: usize) {
-        let want = (self.fill.nb_free(max as u32) as usize).min(free.len());
+    /// Gives the kernel free frames to receive into, until it holds `share` of them
+    /// (in the fill ring, or received and not yet taken from the RX ring).
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>, share: usize) {
+        let short = share.saturating_sub(self.in_fill).min(free.len());
+        // nb_free is not capped at its argument: it says how much room the ring has.
+        let want = if short > 0 {
+            (self.fill.nb_free(short as u32) as usize).min(short)
+        } else {
+            0
+        };
         if want > 0 {
             let at = free.len() - want;
             // SAFETY: the frames come from the free pool: nobody else uses them.
