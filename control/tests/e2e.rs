@@ -952,7 +952,7 @@ fn pods_on_every_interface_are_served_when_the_rings_could_hold_more_frames_than
     let backend = t.pod(1, 10);
     let _http = t.server(backend, "http", HTTP_SERVER, HTTP_PORT);
     let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[backend]);
-    let objects = t.write_objects(&[web.clone()]);
+    let objects = t.write_objects(std::slice::from_ref(&web));
     let objects = objects.to_str().expect("utf-8 path");
     let _kxdp = t.start_kxdp_with(&[
         "--objects",
