@@ -74,6 +74,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 use kxdp_dataplane::checksum::{fold, pseudo_header, update16, update32};
 use kxdp_dataplane::flow::{mix64, Nanos, Proto};
 use kxdp_dataplane::frame::{Frame, HEADROOM};
+use kxdp_dataplane::inspect::{FlowFilter, FlowQuery};
 use kxdp_dataplane::neighbour::Neighbour;
 use kxdp_dataplane::pipeline::{Config, Pipeline};
 use kxdp_dataplane::snapshot::{EndpointSpec, Mac, ServicePortSpec, Snapshot, SnapshotBuilder};
@@ -761,8 +762,50 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     g
 }
 
+/// `kxdp flows` on a worker holding 65,536 flows: the worker answers between two
+/// batches, so this is how long the query holds its traffic up. Listing stops at the
+/// client's default limit (1000); every flow is still visited to count matches.
+fn inspect(c: &mut Criterion, snap: &Snapshot) {
+    let mut g = c.benchmark_group("inspect");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    let now = Nanos::from_secs(1);
+    let mut pipe = pipeline();
+    let syn = tcp_frame(
+        (MAC_EXTERNAL, MAC_UPLINK),
+        sock(EXTERNAL, 50000),
+        sock(NODE1, NODE_PORT_LOCAL),
+        SYN,
+    );
+    for k in 0..MANY_FLOWS {
+        let (ip, port) = client(k);
+        let mut syn = syn.clone();
+        set_source(&mut syn, ip, port);
+        prime(&mut pipe, snap, now, UPLINK, &syn, None);
+    }
+    assert_eq!(pipe.flows().len() as u64, MANY_FLOWS);
+    let (reply, _answers) = std::sync::mpsc::sync_channel(1);
+    let q = FlowQuery {
+        filter: FlowFilter::default(),
+        limit: 1000,
+        affinity_of: None,
+        reply,
+    };
+    let answer = pipe.inspect(snap, now, &q);
+    assert_eq!(
+        (answer.matched, answer.flows.len()),
+        (MANY_FLOWS as usize, 1000)
+    );
+    g.bench_function("flows_64k_list_1000", |b| {
+        b.iter(|| black_box(pipe.inspect(snap, now, &q)))
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let snap = snapshot();
+    inspect(c, &snap);
     established(c, &snap);
     new_flow(c, &snap);
     vxlan(c, &snap);
