@@ -6,7 +6,6 @@ pub mod arp;
 pub mod checksum;
 pub mod conntrack;
 pub mod explain;
-pub mod fill;
 pub mod flow;
 pub mod frame;
 pub mod icmp;

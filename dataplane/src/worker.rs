@@ -18,7 +18,6 @@ use xsk_rs::FrameDesc;
 
 use crate::arp;
 use crate::conntrack::Probe;
-use crate::fill::FillShares;
 use crate::flow::Nanos;
 use crate::frame::{Frame, HEADROOM};
 use crate::inspect::{FlowQuery, ServiceCounter};
@@ -160,8 +159,6 @@ pub struct Worker {
     out: Vec<Vec<FrameDesc>>,
     sleeper: Sleeper,
     rx_batches: u64,
-    /// What each port's fill ring is kept at (follows the ports' traffic).
-    fill: FillShares,
 }
 
 impl Worker {
@@ -178,12 +175,12 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let mut ports = Vec::new();
         let mut pool = pool;
-        let fill = FillShares::new(pool.total, pipeline_cfg.ports.len(), cfg.ring_size as usize);
-        for (i, (pid, p)) in pipeline_cfg.ports.iter().enumerate() {
+        let fill = fill_share(pool.total, pipeline_cfg.ports.len(), cfg.ring_size);
+        for (pid, p) in pipeline_cfg.ports.iter() {
             let mut port = XskPort::open(&pool, pid, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
             // Frames to receive into before the steering program sends any: the
             // kernel drops what finds the fill ring empty.
-            port.refill(&mut pool.free, fill.share(i));
+            port.refill(&mut pool.free, fill);
             register(pid, cfg.queue, port.fd())?;
             ports.push(port);
         }
@@ -192,7 +189,6 @@ impl Worker {
         Ok(Worker {
             sleeper,
             rx_batches: 0,
-            fill,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -228,6 +224,7 @@ impl Worker {
         // Housekeeping and publishing counters run every few milliseconds, not every
         // loop: a busy-polling worker would otherwise spend its time there.
         let mut next_chores = Nanos(0);
+        let per_port_fill = fill_share(self.pool.total, self.ports.len(), self.cfg.ring_size);
         let mut current = self.shared.snapshot.load_full();
         self.take_up(None, &current, Nanos(0));
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -240,9 +237,9 @@ impl Worker {
             }
             let snap = &*current;
             let mut work = 0;
-            for (i, p) in self.ports.iter_mut().enumerate() {
+            for p in self.ports.iter_mut() {
                 work += p.reap(&mut self.pool.free, &mut scratch);
-                p.refill(&mut self.pool.free, self.fill.share(i));
+                p.refill(&mut self.pool.free, per_port_fill);
             }
             for i in 0..self.ports.len() {
                 let n = self.ports[i].receive(&mut rx);
@@ -305,7 +302,6 @@ impl Worker {
                 self.arp.expire();
                 self.answer_queries(snap, now);
                 self.publish(current.generation);
-                self.fill.update(self.ports.iter().map(|p| p.received));
                 next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }
             if work == 0 && !self.cfg.busy_poll {
@@ -501,10 +497,16 @@ impl Worker {
     }
 }
 
+/// Frames a worker keeps in each port's fill ring: half its frames shared among its
+/// ports (the other half is in flight or free), at most a ring's worth.
+fn fill_share(frames: usize, ports: usize, ring_size: u32) -> usize {
+    (frames / (ports.max(1) * 2)).min(ring_size as usize).max(1)
+}
+
 /// Keeps a worker's free frames between a quarter and three quarters of its `share`:
 /// the surplus goes to the fleet's `spare` frames, a shortage is made up from them.
 ///
-/// A worker parks about half of its share in its fill rings ([`FillShares`]), so
+/// A worker parks at most half of its share in its fill rings (`per_port_fill`), so
 /// one whose frames come and go evenly stays inside the band. Handoffs move frames
 /// for good: the worker that hands a frame over gets it back only through this. The
 /// upper bound must be one a worker can reach while the other starves: at twice the

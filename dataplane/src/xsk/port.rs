@@ -58,8 +58,6 @@ pub struct XskPort {
     pub ring_size: u32,
     /// Frames one copy-mode sendto() transmits at most (see `raise_tx_budget`).
     pub tx_budget: u32,
-    /// Frames received on this socket so far.
-    pub received: u64,
 }
 
 impl XskPort {
@@ -114,7 +112,6 @@ impl XskPort {
             in_tx: 0,
             ring_size,
             tx_budget,
-            received: 0,
         })
     }
 
@@ -171,7 +168,6 @@ impl XskPort {
         // SAFETY: received descriptors are ours until we hand them to a ring.
         let n = unsafe { self.rx.consume(out) };
         self.in_fill -= n;
-        self.received += n as u64;
         n
     }
 
