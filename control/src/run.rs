@@ -149,13 +149,14 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
             .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
         let mtu: u16 = sysfs(name, "mtu")?.parse().context("mtu")?;
         let longest = mtu as usize + ETH_LEN;
-        let holds = frame_size(a).max_packet();
+        let size = frame_size(a);
+        let holds = size.max_packet();
         if longest > holds {
             let largest = FrameSize::Page.max_packet();
             bail!(
                 "interface {name} has MTU {mtu}: its {longest}-byte frames do not fit \
                  --frame-size {} (at most {holds} bytes); {}",
-                frame_size(a).bytes(),
+                size.bytes(),
                 if longest <= largest {
                     "use --frame-size 4096".to_owned()
                 } else {

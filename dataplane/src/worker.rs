@@ -159,6 +159,8 @@ pub struct Worker {
     out: Vec<Vec<FrameDesc>>,
     sleeper: Sleeper,
     rx_batches: u64,
+    /// Frames each port's fill ring is kept at ([`fill_share`]).
+    fill: usize,
 }
 
 impl Worker {
@@ -189,6 +191,7 @@ impl Worker {
         Ok(Worker {
             sleeper,
             rx_batches: 0,
+            fill,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -224,7 +227,6 @@ impl Worker {
         // Housekeeping and publishing counters run every few milliseconds, not every
         // loop: a busy-polling worker would otherwise spend its time there.
         let mut next_chores = Nanos(0);
-        let per_port_fill = fill_share(self.pool.total, self.ports.len(), self.cfg.ring_size);
         let mut current = self.shared.snapshot.load_full();
         self.take_up(None, &current, Nanos(0));
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -239,7 +241,7 @@ impl Worker {
             let mut work = 0;
             for p in self.ports.iter_mut() {
                 work += p.reap(&mut self.pool.free, &mut scratch);
-                p.refill(&mut self.pool.free, per_port_fill);
+                p.refill(&mut self.pool.free, self.fill);
             }
             for i in 0..self.ports.len() {
                 let n = self.ports[i].receive(&mut rx);
@@ -506,7 +508,7 @@ fn fill_share(frames: usize, ports: usize, ring_size: u32) -> usize {
 /// Keeps a worker's free frames between a quarter and three quarters of its `share`:
 /// the surplus goes to the fleet's `spare` frames, a shortage is made up from them.
 ///
-/// A worker parks at most half of its share in its fill rings (`per_port_fill`), so
+/// A worker parks at most half of its share in its fill rings ([`fill_share`]), so
 /// one whose frames come and go evenly stays inside the band. Handoffs move frames
 /// for good: the worker that hands a frame over gets it back only through this. The
 /// upper bound must be one a worker can reach while the other starves: at twice the

@@ -6,8 +6,6 @@ use xsk_rs::config::{BindFlags, LibxdpFlags, QueueSize, SocketConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
 
 use super::umem::FramePool;
-#[cfg(test)]
-use super::umem::FrameSize;
 use crate::verdict::PortId;
 
 /// `--bind`: how the socket gets frames from the driver.
@@ -137,11 +135,7 @@ impl XskPort {
     pub fn refill(&mut self, free: &mut Vec<FrameDesc>, share: usize) {
         let short = share.saturating_sub(self.in_fill).min(free.len());
         // nb_free is not capped at its argument: it says how much room the ring has.
-        let want = if short > 0 {
-            (self.fill.nb_free(short as u32) as usize).min(short)
-        } else {
-            0
-        };
+        let want = (self.fill.nb_free(short as u32) as usize).min(short);
         if want > 0 {
             let at = free.len() - want;
             // SAFETY: the frames come from the free pool: nobody else uses them.
@@ -226,6 +220,7 @@ fn raise_tx_budget(fd: RawFd, ring_size: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::frame::HEADROOM;
+    use crate::xsk::umem::FrameSize;
     use std::process::Command;
     use std::time::{Duration, Instant};
 
