@@ -147,6 +147,10 @@ pub struct Pipeline {
     /// and learned again from later frames.
     news: [Option<(Ipv4Addr, Neighbour)>; NEWS],
     news_len: usize,
+    /// The pod source last learned from a frame, with the batch time and snapshot
+    /// generation it was learned in: a pod port's frames mostly come from its one
+    /// pod, so a batch learns each source once instead of once a frame.
+    learned: Option<(Ipv4Addr, Neighbour, Nanos, u64)>,
     counters: Counters,
     /// Per-Service counters indexed by `ServiceId` of the snapshot of
     /// `services_generation` (see [`Pipeline::follow_services`]).
@@ -170,6 +174,7 @@ impl Pipeline {
             resolve: ResolveQueue::default(),
             news: [None; NEWS],
             news_len: 0,
+            learned: None,
             now: Nanos(0),
             probe: None,
             counters: Counters::default(),
@@ -371,10 +376,12 @@ impl Pipeline {
 
     /// Static neighbours (configuration) and inspection.
     pub fn neighbours_mut(&mut self) -> &mut NeighbourTable {
+        self.learned = None;
         &mut self.neighbours
     }
 
     fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
+        self.learned = None;
         if self.neighbours.learn(ip, n, now) && self.news_len < NEWS {
             self.news[self.news_len] = Some((ip, n));
             self.news_len += 1;
@@ -486,12 +493,24 @@ impl Pipeline {
                 }
             }
             PortRole::Pod => {
-                if snap.route(h.src) == Route::LocalPod {
-                    self.learn(h.src, ing.origin, now);
-                }
+                self.learn_pod(snap, h.src, ing.origin, now);
                 self.forward(snap, now, f, &h, ing)
             }
         }
+    }
+
+    /// A frame from a pod port tells where its source is, if that is a local pod.
+    /// Learned once per source per batch (all frames of a batch share `now`), and
+    /// again whenever anything else was learned in between.
+    fn learn_pod(&mut self, snap: &Snapshot, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
+        let memo = Some((ip, n, now, snap.generation));
+        if self.learned == memo {
+            return;
+        }
+        if snap.route(ip) == Route::LocalPod {
+            self.learn(ip, n, now);
+        }
+        self.learned = memo;
     }
 
     /// ARP tells where its sender is: a pod behind a pod port, a host on the uplink.
@@ -561,7 +580,10 @@ impl Pipeline {
         self.forward(snap, now, f, &h, ing)
     }
 
-    /// Service frontends, then replies of tracked flows, then plain routing.
+    /// Tracked flows (either direction), then new flows to Service frontends, then
+    /// plain routing. Conntrack comes first because most packets belong to a flow it
+    /// holds, and its lookup was prefetched ([`crate::lookahead`]); the frontend map,
+    /// large on a big cluster, is read only for a flow's first packet.
     fn forward(
         &mut self,
         snap: &Snapshot,
@@ -571,14 +593,14 @@ impl Pipeline {
         ing: Ingress,
     ) -> Verdict {
         if let Some(t) = h.tuple() {
-            if let Some(fe) = snap.frontend(&service_key(&t)) {
-                return self.via_service(snap, now, f, h, t, fe, ing);
-            }
-            if let Some((id, dir)) = self.tracked(snap, now, &t) {
-                return self.translate(snap, now, f, h, t, id, dir, ing);
+            if let Some(v) = self.established(snap, now, f, h, t, ing) {
+                return v;
             }
             if let Some(worker) = self.owned_elsewhere(&t) {
                 return Verdict::Handoff { worker };
+            }
+            if let Some(fe) = snap.frontend(&service_key(&t)) {
+                return self.new_flow(snap, now, f, h, t, fe, ing);
             }
         } else if let L4::Icmp { ty, .. } = h.l4 {
             if icmp::is_error(ty) {
@@ -613,6 +635,7 @@ impl Pipeline {
         Some((id, dir))
     }
 
+    /// A frame to a Service frontend: its flow's, or the first of a new flow.
     #[allow(clippy::too_many_arguments)]
     fn via_service(
         &mut self,
@@ -624,19 +647,51 @@ impl Pipeline {
         fe: Frontend,
         ing: Ingress,
     ) -> Verdict {
-        let tcp = tcp_flags(h);
-        if let Some((id, dir)) = self.tracked(snap, now, &t) {
-            // A fresh SYN on the tuple of a closed flow is a new connection (port reuse).
-            let reuse = dir == Dir::Original
-                && tcp.is_some_and(|fl| fl.syn && !fl.ack)
-                && self.flows.get(id).state() == FlowState::TcpClosed;
-            if !reuse {
-                return self.translate(snap, now, f, h, t, id, dir, ing);
-            }
-            self.flows.remove(id);
-        } else if let Some(worker) = self.owned_elsewhere(&t) {
+        if let Some(v) = self.established(snap, now, f, h, t, ing) {
+            return v;
+        }
+        if let Some(worker) = self.owned_elsewhere(&t) {
             return Verdict::Handoff { worker };
         }
+        self.new_flow(snap, now, f, h, t, fe, ing)
+    }
+
+    /// The frame translated, when it belongs to a flow this worker tracks. A fresh
+    /// SYN on the tuple of a closed flow is a new connection (port reuse): the old
+    /// flow is forgotten and `None` returned, as for a flow never seen.
+    fn established(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        h: &Headers,
+        t: FiveTuple,
+        ing: Ingress,
+    ) -> Option<Verdict> {
+        let (id, dir) = self.tracked(snap, now, &t)?;
+        let reuse = dir == Dir::Original
+            && tcp_flags(h).is_some_and(|fl| fl.syn && !fl.ack)
+            && self.flows.get(id).state() == FlowState::TcpClosed;
+        if reuse {
+            self.flows.remove(id);
+            return None;
+        }
+        Some(self.translate(snap, now, f, h, t, id, dir, ing))
+    }
+
+    /// The first frame of a flow to frontend `fe`: pick a backend, track the flow.
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow(
+        &mut self,
+        snap: &Snapshot,
+        now: Nanos,
+        f: &mut Frame,
+        h: &Headers,
+        t: FiveTuple,
+        fe: Frontend,
+        ing: Ingress,
+    ) -> Verdict {
+        let tcp = tcp_flags(h);
         let svc = snap.service(fe.service);
         let affinity = &self.affinity;
         let picked = pick::pick(svc, fe.kind, &t, || affinity.get(t.src, svc.id_hash, now));
