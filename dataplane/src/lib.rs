@@ -12,6 +12,7 @@ pub mod icmp;
 pub mod inspect;
 pub mod lookahead;
 pub mod maglev;
+pub mod memo;
 pub mod nat;
 pub mod neighbour;
 pub mod owners;

@@ -31,6 +31,7 @@ use crate::frame::Frame;
 use crate::icmp::{self, Quote};
 use crate::inspect::{FlowAnswer, FlowQuery, FlowRecord, ServiceCounter};
 use crate::lookahead::{Lookahead, FLOW_AHEAD, INDEX_AHEAD};
+use crate::memo::NeighbourMemo;
 use crate::nat::{self, L4Csum};
 use crate::neighbour::{Neighbour, NeighbourTable};
 use crate::owners::{FlowOwners, WorkerId};
@@ -147,10 +148,8 @@ pub struct Pipeline {
     /// and learned again from later frames.
     news: [Option<(Ipv4Addr, Neighbour)>; NEWS],
     news_len: usize,
-    /// The pod source last learned from a frame, with the batch time and snapshot
-    /// generation it was learned in: a pod port's frames mostly come from its one
-    /// pod, so a batch learns each source once instead of once a frame.
-    learned: Option<(Ipv4Addr, Neighbour, Nanos, u64)>,
+    /// Neighbour answers the current batch already has (crate::memo).
+    memo: NeighbourMemo,
     counters: Counters,
     /// Per-Service counters indexed by `ServiceId` of the snapshot of
     /// `services_generation` (see [`Pipeline::follow_services`]).
@@ -174,7 +173,7 @@ impl Pipeline {
             resolve: ResolveQueue::default(),
             news: [None; NEWS],
             news_len: 0,
-            learned: None,
+            memo: NeighbourMemo::default(),
             now: Nanos(0),
             probe: None,
             counters: Counters::default(),
@@ -376,12 +375,12 @@ impl Pipeline {
 
     /// Static neighbours (configuration) and inspection.
     pub fn neighbours_mut(&mut self) -> &mut NeighbourTable {
-        self.learned = None;
+        self.memo.forget();
         &mut self.neighbours
     }
 
     fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
-        self.learned = None;
+        self.memo.forget();
         if self.neighbours.learn(ip, n, now) && self.news_len < NEWS {
             self.news[self.news_len] = Some((ip, n));
             self.news_len += 1;
@@ -493,24 +492,30 @@ impl Pipeline {
                 }
             }
             PortRole::Pod => {
-                self.learn_pod(snap, h.src, ing.origin, now);
+                self.learn_sender(snap, h.src, ing.origin, now, role);
                 self.forward(snap, now, f, &h, ing)
             }
         }
     }
 
-    /// A frame from a pod port tells where its source is, if that is a local pod.
-    /// Learned once per source per batch (all frames of a batch share `now`), and
-    /// again whenever anything else was learned in between.
-    fn learn_pod(&mut self, snap: &Snapshot, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
-        let memo = Some((ip, n, now, snap.generation));
-        if self.learned == memo {
+    /// A frame tells where its sender is. Learned once per sender per batch (the
+    /// batch's frames share `now`), and again whenever anything else was learned in
+    /// between (crate::memo).
+    fn learn_sender(
+        &mut self,
+        snap: &Snapshot,
+        ip: Ipv4Addr,
+        n: Neighbour,
+        now: Nanos,
+        role: PortRole,
+    ) {
+        if self.memo.learned(now, snap.generation, ip, n) {
             return;
         }
-        if snap.route(ip) == Route::LocalPod {
+        if worth_learning(snap, ip, role) {
             self.learn(ip, n, now);
         }
-        self.learned = memo;
+        self.memo.set_learned(now, snap.generation, ip, n);
     }
 
     /// ARP tells where its sender is: a pod behind a pod port, a host on the uplink.
@@ -518,11 +523,7 @@ impl Pipeline {
         let Some((ip, mac)) = arp::sender(f.data()) else {
             return;
         };
-        let relevant = match role {
-            PortRole::Pod => snap.route(ip) == Route::LocalPod,
-            PortRole::Uplink => true,
-        };
-        if relevant {
+        if worth_learning(snap, ip, role) {
             let port = f.ingress;
             self.learn(ip, Neighbour { port, mac }, now);
             self.counters.arp_learned += 1;
@@ -559,7 +560,7 @@ impl Pipeline {
             mac: src_mac(f.data()),
         };
         // The VTEP's underlay MAC is where encapsulated replies go.
-        self.learn(outer.src, origin, now);
+        self.learn_sender(snap, outer.src, origin, now, PortRole::Uplink);
         f.pull_front(vxlan::OVERHEAD);
         f.set_len(inner_len);
         self.counters.decapsulated += 1;
@@ -897,9 +898,16 @@ impl Pipeline {
         origin: Option<Neighbour>,
         hop: Hop,
     ) -> Verdict {
+        let (now, generation) = (self.now, snap.generation);
+        if let Some(n) = self.memo.local(now, generation, dst) {
+            return self.deliver(f, h, ing, hop, n);
+        }
         match snap.route(dst) {
             Route::LocalPod => match self.neighbours.get(dst) {
-                Some(n) => self.deliver(f, h, ing, hop, n),
+                Some(n) => {
+                    self.memo.set_local(now, generation, dst, n);
+                    self.deliver(f, h, ing, hop, n)
+                }
                 None => self.unresolved(dst, Via::PodPorts),
             },
             Route::Remote(node) => {
@@ -1019,6 +1027,15 @@ impl Pipeline {
 }
 
 #[inline]
+/// Senders worth a neighbour entry: a local pod behind a pod port (not a pod
+/// elsewhere that a misrouted frame claims), anything on the uplink (VTEPs, hosts).
+fn worth_learning(snap: &Snapshot, ip: Ipv4Addr, role: PortRole) -> bool {
+    match role {
+        PortRole::Pod => snap.route(ip) == Route::LocalPod,
+        PortRole::Uplink => true,
+    }
+}
+
 fn service_key(t: &FiveTuple) -> ServiceKey {
     ServiceKey {
         ip: t.dst,

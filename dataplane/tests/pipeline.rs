@@ -860,6 +860,29 @@ fn a_pod_is_learned_from_its_own_frames() {
 }
 
 #[test]
+fn a_pod_that_moves_within_a_batch_is_followed_at_once() {
+    // Frames of one batch share their time: these calls all run at T0, so what the
+    // pipeline remembers for the batch (crate::memo) would be stale if the move
+    // did not clear it.
+    let mut p = kxdp_dataplane::pipeline::Pipeline::new(Config::new(ports(1500)));
+    let snap = snapshot(1);
+    run(&mut p, &snap, T0, POD_B, &udp(B, 2, A, 1).bytes());
+    let (v, out) = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes());
+    assert_eq!((v, seen(&out).dst_mac), (tx(POD_B), pod_mac(B)));
+    // B comes back on another port with another MAC (a pod recreated, same IP),
+    // speaking to a pod elsewhere so that nothing else is looked up on the way.
+    let moved = kxdp_dataplane::snapshot::Mac([0x02, 0, 0, 0, 0x99, 0x0b]);
+    let hello = udp(B, 2, REMOTE_POD, 1).macs(moved, host_veth_mac(POD_C));
+    run(&mut p, &snap, T0, POD_C, &hello.bytes());
+    let (v, out) = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes());
+    assert_eq!((v, seen(&out).dst_mac), (tx(POD_C), moved));
+    // And back again, in the same batch.
+    run(&mut p, &snap, T0, POD_B, &udp(B, 2, REMOTE_POD, 1).bytes());
+    let (v, out) = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes());
+    assert_eq!((v, seen(&out).dst_mac), (tx(POD_B), pod_mac(B)));
+}
+
+#[test]
 fn proto_of_services_is_respected() {
     let (mut p, snap) = (pipeline(), snapshot(1));
     // UDP to the TCP-only port 80 of VIP is no frontend: routed as plain traffic.
