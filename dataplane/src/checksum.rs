@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-/// Adds `data` as big-endian 16-bit words into a 32-bit accumulator (not folded).
+/// Adds `data` as big-endian 16-bit words into a 64-bit accumulator (not folded).
 #[inline]
 pub fn accumulate(mut acc: u64, data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(8);
@@ -70,6 +70,10 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: u16) -> u6
 /// and payload); the field is the 16-bit word at `csum_at`, an even offset.
 #[inline]
 pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8], csum_at: usize) -> u16 {
+    debug_assert!(
+        csum_at.is_multiple_of(2),
+        "the checksum field is a 16-bit word of the segment"
+    );
     let field = u16::from_be_bytes([segment[csum_at], segment[csum_at + 1]]);
     // One pass over the whole segment, then the field's value taken back out by
     // adding its ones' complement: cheaper than summing the two sides around it.

@@ -103,7 +103,9 @@ mod tests {
         m.set_local(Nanos(10), 1, IP, n(3));
         assert_eq!(m.local(Nanos(11), 1, IP), None, "a new batch starts afresh");
         m.set_local(Nanos(11), 1, IP, n(3));
+        m.set_learned(Nanos(11), 1, IP, n(3));
         m.forget();
         assert_eq!(m.local(Nanos(11), 1, IP), None, "learning clears it");
+        assert!(!m.learned(Nanos(11), 1, IP, n(3)), "all of it");
     }
 }

@@ -5,11 +5,10 @@
 //!          uplink: Service frontend? ───────────┤
 //!          pod: anything ───────────────────────┤
 //!                                               ▼
-//!   frontend? ─► conntrack hit ─► translate ─┐      (else: affinity ─► Maglev ─►
-//!              └ miss ─► pick backend, insert flow, DNAT (+SNAT) ─┤  reject / drop)
-//!   reply of a tracked flow? ─► reverse NAT ─────────────────────┤
-//!   ICMP error quoting a tracked flow? ─► translate inside and out ┤
-//!                                                                  ▼
+//!   tracked flow, either direction? ─► NAT / reverse NAT ─────────┐
+//!   frontend? ─► pick backend, insert flow, DNAT (+SNAT) ─────────┤  (affinity ─►
+//!   ICMP error quoting a tracked flow? ─► translate inside and out ┤   Maglev, or
+//!                                                                  ▼   reject / drop)
 //!   route: local pod ─► L2 rewrite ─► Tx(pod port)
 //!          remote pod CIDR ─► MTU check (frag-needed) ─► VXLAN encap ─► Tx(uplink)
 //!          outside ─► back where the flow came from, or Pass to the kernel
@@ -380,8 +379,13 @@ impl Pipeline {
     }
 
     fn learn(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
+        // Only news changes an answer (a refresh moves a timestamp; an eviction
+        // happens only to make room for a new entry, which is news).
+        if !self.neighbours.learn(ip, n, now) {
+            return;
+        }
         self.memo.forget();
-        if self.neighbours.learn(ip, n, now) && self.news_len < NEWS {
+        if self.news_len < NEWS {
             self.news[self.news_len] = Some((ip, n));
             self.news_len += 1;
         }
@@ -1026,9 +1030,9 @@ impl Pipeline {
     }
 }
 
-#[inline]
 /// Senders worth a neighbour entry: a local pod behind a pod port (not a pod
 /// elsewhere that a misrouted frame claims), anything on the uplink (VTEPs, hosts).
+#[inline]
 fn worth_learning(snap: &Snapshot, ip: Ipv4Addr, role: PortRole) -> bool {
     match role {
         PortRole::Pod => snap.route(ip) == Route::LocalPod,
@@ -1036,6 +1040,7 @@ fn worth_learning(snap: &Snapshot, ip: Ipv4Addr, role: PortRole) -> bool {
     }
 }
 
+#[inline]
 fn service_key(t: &FiveTuple) -> ServiceKey {
     ServiceKey {
         ip: t.dst,

@@ -883,6 +883,45 @@ fn a_pod_that_moves_within_a_batch_is_followed_at_once() {
 }
 
 #[test]
+fn a_neighbour_another_worker_shares_mid_batch_is_followed_at_once() {
+    // What a worker does with another worker's news (worker.rs, share_neighbours).
+    let mut p = kxdp_dataplane::pipeline::Pipeline::new(Config::new(ports(1500)));
+    let snap = snapshot(1);
+    run(&mut p, &snap, T0, POD_B, &udp(B, 2, A, 1).bytes());
+    let (v, _) = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes());
+    assert_eq!(v, tx(POD_B));
+    let moved = kxdp_dataplane::snapshot::Mac([0x02, 0, 0, 0, 0x99, 0x0b]);
+    let there = kxdp_dataplane::neighbour::Neighbour {
+        port: POD_C,
+        mac: moved,
+    };
+    p.neighbours_mut().learn(B, there, T0);
+    let (v, out) = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes());
+    assert_eq!((v, seen(&out).dst_mac), (tx(POD_C), moved));
+}
+
+#[test]
+fn a_syn_on_a_closed_flows_tuple_is_a_new_flow() {
+    let (mut p, snap) = (pipeline(), snapshot(1));
+    let syn = tcp(C, 40000, VIP, 80, SYN).bytes();
+    let (v, out) = run(&mut p, &snap, T0, POD_C, &syn);
+    let backend = seen(&out).dst;
+    assert_eq!(v, tx(port_of(backend)));
+    run(
+        &mut p,
+        &snap,
+        T0,
+        POD_C,
+        &tcp(C, 40000, VIP, 80, RST).bytes(),
+    );
+    assert_eq!(p.counters().new_flows, 1);
+    // The client reuses its source port: a new connection, tracked afresh.
+    let (v, out) = run(&mut p, &snap, Nanos(T0.0 + 1), POD_C, &syn);
+    assert_eq!(p.counters().new_flows, 2);
+    assert_eq!((v, seen(&out).dst), (tx(port_of(backend)), backend));
+}
+
+#[test]
 fn proto_of_services_is_respected() {
     let (mut p, snap) = (pipeline(), snapshot(1));
     // UDP to the TCP-only port 80 of VIP is no frontend: routed as plain traffic.

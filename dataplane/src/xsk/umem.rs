@@ -126,14 +126,15 @@ impl FramePool {
     /// twice the misses it needs. Only a hint: no access happens.
     #[inline]
     pub fn prefetch(&self, desc: &FrameDesc) {
-        // SAFETY: only the address is taken; nothing is read through it here.
-        let p = unsafe { self.umem.data(desc).contents().as_ptr() };
+        // SAFETY: only the address and length are taken; nothing is read here.
+        let packet = unsafe { self.umem.data(desc).contents() };
+        let p = packet.as_ptr();
         #[cfg(target_arch = "x86_64")]
         // SAFETY: prefetching never faults, whatever the address.
         unsafe {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
-            if (p as usize % 64) + desc.lengths().data() > 64 {
+            if (p as usize % 64) + packet.len() > 64 {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64).cast());
             }
         }
