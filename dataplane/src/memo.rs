@@ -3,8 +3,8 @@
 //! The frames of a batch share their time and snapshot, and mostly come from and go
 //! to few pods: a pod port's frames come from its one pod, a Service's flows go to
 //! its few backends. Within a batch the neighbour table answers the same question
-//! the same way unless something was learned in between, so the pipeline asks it
-//! once a batch and keeps the answer here; learning anything clears it.
+//! the same way unless the table changed in between, so the pipeline asks it once a
+//! batch and keeps the answer here; any change to the table clears it.
 
 use std::net::Ipv4Addr;
 
@@ -105,7 +105,11 @@ mod tests {
         m.set_local(Nanos(11), 1, IP, n(3));
         m.set_learned(Nanos(11), 1, IP, n(3));
         m.forget();
-        assert_eq!(m.local(Nanos(11), 1, IP), None, "learning clears it");
+        assert_eq!(
+            m.local(Nanos(11), 1, IP),
+            None,
+            "a change to the table clears it"
+        );
         assert!(!m.learned(Nanos(11), 1, IP, n(3)), "all of it");
     }
 }

@@ -503,7 +503,7 @@ impl Pipeline {
     }
 
     /// A frame tells where its sender is. Learned once per sender per batch (the
-    /// batch's frames share `now`), and again whenever anything else was learned in
+    /// batch's frames share `now`), and again whenever the neighbour table changed in
     /// between (crate::memo).
     fn learn_sender(
         &mut self,
