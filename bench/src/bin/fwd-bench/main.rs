@@ -97,6 +97,11 @@ struct Args {
     /// Extra argument for `kxdp run` (repeatable), e.g. --kxdp-arg=--busy-poll.
     #[arg(long = "kxdp-arg", value_name = "ARG", allow_hyphen_values = true)]
     kxdp_args: Vec<String>,
+    /// Measure every path this many times over (in turn: kernel, kxdp, ..., kernel,
+    /// kxdp, ...) and end with each path's median ratios: a single round's figures
+    /// move by several percent on a shared machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
     /// Prefix of the namespaces' names (default: kfb<pid>).
     #[arg(long)]
     prefix: Option<String>,
@@ -197,21 +202,47 @@ fn run(args: Args) -> Result<()> {
         }
     );
 
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("\n#### round {round} of {}", args.rounds);
+        }
+        let results = measure_round(&args, &topo, &sink, &mut gen, &kxdp_bin, window, warmup)?;
+        println!();
+        report::print_table(&results);
+        rounds.push(results);
+    }
+    if args.rounds > 1 {
+        report::print_summary(&rounds);
+    }
+    Ok(())
+}
+
+/// Every path of `args.paths`, one after another.
+fn measure_round(
+    args: &Args,
+    topo: &Topology,
+    sink: &Sink,
+    gen: &mut Generator,
+    kxdp_bin: &std::path::Path,
+    window: Duration,
+    warmup: Duration,
+) -> Result<Vec<PathResult>> {
     let mut results = Vec::new();
     for &path in &args.paths {
         check_interrupted()?;
         println!("\n== {}", path.label());
         let active = match path {
-            FwdPath::Kernel => Active::Kernel(KernelPath::enable(&topo)?),
+            FwdPath::Kernel => Active::Kernel(KernelPath::enable(topo)?),
             FwdPath::Kxdp | FwdPath::KxdpBusyPoll => {
                 let mut extra = args.kxdp_args.clone();
                 if path == FwdPath::KxdpBusyPoll && !extra.iter().any(|a| a == "--busy-poll") {
                     extra.push("--busy-poll".into());
                 }
-                Active::Kxdp(Kxdp::start(&kxdp_bin, &topo, args.kxdp_core, &extra)?)
+                Active::Kxdp(Kxdp::start(kxdp_bin, topo, args.kxdp_core, &extra)?)
             }
-            FwdPath::XskFloor => Active::Floor(Floor::start(&topo, args.kxdp_core)?),
-            FwdPath::Xdp => Active::Xdp(XdpForwarder::attach(&topo)?),
+            FwdPath::XskFloor => Active::Floor(Floor::start(topo, args.kxdp_core)?),
+            FwdPath::Xdp => Active::Xdp(XdpForwarder::attach(topo)?),
         };
         if args.napi == Napi::Threaded {
             topo.thread_client_napi(args.kxdp_core)?;
@@ -221,14 +252,14 @@ fn run(args: Args) -> Result<()> {
             _ => Ok(None),
         };
         let start = inside(&active)?;
-        let saturated = gen.run(&sink, warmup, window, args.offered)?;
+        let saturated = gen.run(sink, warmup, window, args.offered)?;
         check_interrupted()?;
         report::print_window("saturated", &saturated);
         let rate = (saturated.forwarded_pps() * args.paced_load).max(1000.0);
-        let before = Counters::read(&topo, &counted_interfaces(&topo))?;
+        let before = Counters::read(topo, &counted_interfaces(topo))?;
         let middle = inside(&active)?;
-        let paced = gen.run(&sink, warmup, window, Some(rate))?;
-        let after = Counters::read(&topo, &counted_interfaces(&topo))?;
+        let paced = gen.run(sink, warmup, window, Some(rate))?;
+        let after = Counters::read(topo, &counted_interfaces(topo))?;
         let end = inside(&active)?;
         check_interrupted()?;
         report::print_window("paced", &paced);
@@ -252,9 +283,7 @@ fn run(args: Args) -> Result<()> {
             paced,
         });
     }
-    println!();
-    report::print_table(&results);
-    Ok(())
+    Ok(results)
 }
 
 /// (namespace, interface) pairs whose `ethtool -S` counters locate lost frames.
