@@ -486,7 +486,9 @@ impl Pipeline {
                 // reply); the rest (the host's own traffic) is the kernel's.
                 match (h.tuple(), h.l4) {
                     (Some(t), _) => match snap.frontend(&service_key(&t)) {
-                        Some(fe) => self.via_service(snap, now, f, &h, t, fe, ing),
+                        Some(fe) => self
+                            .existing(snap, now, f, &h, t, ing)
+                            .unwrap_or_else(|| self.new_flow(snap, now, f, &h, t, fe, ing)),
                         None => Verdict::Pass,
                     },
                     (None, L4::Icmp { ty, .. }) if icmp::is_error(ty) => self
@@ -598,11 +600,8 @@ impl Pipeline {
         ing: Ingress,
     ) -> Verdict {
         if let Some(t) = h.tuple() {
-            if let Some(v) = self.established(snap, now, f, h, t, ing) {
+            if let Some(v) = self.existing(snap, now, f, h, t, ing) {
                 return v;
-            }
-            if let Some(worker) = self.owned_elsewhere(&t) {
-                return Verdict::Handoff { worker };
             }
             if let Some(fe) = snap.frontend(&service_key(&t)) {
                 return self.new_flow(snap, now, f, h, t, fe, ing);
@@ -640,31 +639,11 @@ impl Pipeline {
         Some((id, dir))
     }
 
-    /// A frame to a Service frontend: its flow's, or the first of a new flow.
-    #[allow(clippy::too_many_arguments)]
-    fn via_service(
-        &mut self,
-        snap: &Snapshot,
-        now: Nanos,
-        f: &mut Frame,
-        h: &Headers,
-        t: FiveTuple,
-        fe: Frontend,
-        ing: Ingress,
-    ) -> Verdict {
-        if let Some(v) = self.established(snap, now, f, h, t, ing) {
-            return v;
-        }
-        if let Some(worker) = self.owned_elsewhere(&t) {
-            return Verdict::Handoff { worker };
-        }
-        self.new_flow(snap, now, f, h, t, fe, ing)
-    }
-
-    /// The frame translated, when it belongs to a flow this worker tracks. A fresh
-    /// SYN on the tuple of a closed flow is a new connection (port reuse): the old
-    /// flow is forgotten and `None` returned, as for a flow never seen.
-    fn established(
+    /// The verdict of a frame whose flow exists: translated here when this worker
+    /// tracks it, else handed to the worker that does. `None` for a flow nobody
+    /// tracks, and for a fresh SYN on the tuple of a closed flow: a new connection
+    /// (port reuse), whose old flow is forgotten.
+    fn existing(
         &mut self,
         snap: &Snapshot,
         now: Nanos,
@@ -673,15 +652,17 @@ impl Pipeline {
         t: FiveTuple,
         ing: Ingress,
     ) -> Option<Verdict> {
-        let (id, dir) = self.tracked(snap, now, &t)?;
-        let reuse = dir == Dir::Original
-            && tcp_flags(h).is_some_and(|fl| fl.syn && !fl.ack)
-            && self.flows.get(id).state() == FlowState::TcpClosed;
-        if reuse {
+        if let Some((id, dir)) = self.tracked(snap, now, &t) {
+            let reuse = dir == Dir::Original
+                && tcp_flags(h).is_some_and(|fl| fl.syn && !fl.ack)
+                && self.flows.get(id).state() == FlowState::TcpClosed;
+            if !reuse {
+                return Some(self.translate(snap, now, f, h, t, id, dir, ing));
+            }
             self.flows.remove(id);
-            return None;
         }
-        Some(self.translate(snap, now, f, h, t, id, dir, ing))
+        let worker = self.owned_elsewhere(&t)?;
+        Some(Verdict::Handoff { worker })
     }
 
     /// The first frame of a flow to frontend `fe`: pick a backend, track the flow.
