@@ -8,11 +8,17 @@
 //! being deleted (`pkg/proxy/healthcheck/proxy_health.go`). kxdp's equivalents:
 //! - `/livez`: a worker has stopped, or a worker has been behind the newest snapshot
 //!   for longer than [`STALE_AFTER`]. Restarting kxdp can cure these.
-//! - `/healthz`: those, and staleness of what kxdp knows: a change noticed but not
-//!   applied (its reload failed) or API watches failing, for longer than
-//!   [`SOURCE_STALE_AFTER`]. The last good snapshot keeps serving meanwhile (fail
-//!   static), and `/livez` ignores these on purpose: a restart cannot fix the objects
-//!   or the API server, and a kxdp that cannot load its objects does not start.
+//! - `/healthz`: those, and a change noticed but not applied (its reload failed) for
+//!   longer than [`SOURCE_STALE_AFTER`]: kube-proxy's queued update not synced. The
+//!   last good snapshot keeps serving meanwhile (fail static), and `/livez` ignores
+//!   it on purpose: a restart cannot fix the objects, and a kxdp that cannot load its
+//!   objects does not start.
+//!
+//! API watches failing for as long fail neither: they are named under `warnings`.
+//! kube-proxy's health does not look at the API server either, and cloud load
+//! balancers probing port 10256 would otherwise take every node out of rotation at
+//! once during a control-plane outage, while each still forwards with its last
+//! snapshot.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +36,7 @@ use crate::metrics;
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// How long a noticed change may stay unapplied, or the API watches fail, before
-/// `/healthz` reports it: kube-proxy's health timeout (twice its 30 s `--sync-period`).
+/// health reports it: kube-proxy's health timeout (twice its 30 s `--sync-period`).
 pub const SOURCE_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// What the run loop reports about snapshots and their source.
@@ -61,7 +67,14 @@ impl SyncState {
     }
 }
 
-/// Why `/healthz` (and for some, `/livez`) answers 503.
+/// The two health endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Livez,
+    Healthz,
+}
+
+/// What health reports; [`Problem::fails`] says which answers it turns to 503.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// A worker thread has ended.
@@ -71,7 +84,7 @@ pub enum Problem {
     /// A change was noticed more than [`SOURCE_STALE_AFTER`] ago and is not applied
     /// (the objects did not load; the last good snapshot serves).
     ChangeNotApplied,
-    /// The API watches have failed for more than [`SOURCE_STALE_AFTER`].
+    /// The API watches have failed for more than [`SOURCE_STALE_AFTER`] (a warning).
     SourceFailing,
 }
 
@@ -85,9 +98,15 @@ impl Problem {
         }
     }
 
-    /// Whether `/livez` reports it: only what a restart of kxdp can cure.
-    pub fn is_liveness(self) -> bool {
-        matches!(self, Problem::WorkerStopped | Problem::DataplaneBehind)
+    /// Whether it turns `probe` to 503: `/livez` only for what a restart of kxdp can
+    /// cure, `/healthz` also for a change that does not apply; a failing source for
+    /// neither (module doc), it is a warning.
+    pub fn fails(self, probe: Probe) -> bool {
+        match self {
+            Problem::WorkerStopped | Problem::DataplaneBehind => true,
+            Problem::ChangeNotApplied => probe == Probe::Healthz,
+            Problem::SourceFailing => false,
+        }
     }
 }
 
@@ -143,21 +162,21 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 /// The `/healthz` or `/livez` answer: status code and kube-proxy's JSON body, with the
-/// problems named.
-fn health_response(state: &State, liveness: bool) -> (u16, String) {
-    let (mut problems, updated) = state.problems(Instant::now());
-    if liveness {
-        problems.retain(|p| p.is_liveness());
-    }
-    let names: Vec<String> = problems
-        .iter()
-        .map(|p| format!("\"{}\"", p.name()))
-        .collect();
+/// problems that fail it named, and the others as warnings.
+fn health_response(state: &State, probe: Probe) -> (u16, String) {
+    let (all, updated) = state.problems(Instant::now());
+    let (problems, warnings): (Vec<Problem>, Vec<Problem>) =
+        all.into_iter().partition(|p| p.fails(probe));
+    let names = |list: &[Problem]| -> String {
+        let quoted: Vec<String> = list.iter().map(|p| format!("\"{}\"", p.name())).collect();
+        quoted.join(",")
+    };
     let body = format!(
-        "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\",\"problems\": [{}]}}",
+        "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\",\"problems\": [{}],\"warnings\": [{}]}}",
         secs(updated),
         secs(SystemTime::now()),
-        names.join(",")
+        names(&problems),
+        names(&warnings)
     );
     (if problems.is_empty() { 200 } else { 503 }, body)
 }
@@ -176,8 +195,8 @@ pub fn serve(addr: SocketAddr, stop: Arc<AtomicBool>, state: Arc<State>) -> Resu
                 let (code, body) = match req.url() {
                     "/proxyMode" => (200, "kxdp".to_string()),
                     "/metrics" => (200, metrics::render(&state.registry)),
-                    "/healthz" => health_response(&state, false),
-                    "/livez" => health_response(&state, true),
+                    "/healthz" => health_response(&state, Probe::Healthz),
+                    "/livez" => health_response(&state, Probe::Livez),
                     _ => (404, "404 page not found\n".to_string()),
                 };
                 let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
@@ -221,31 +240,48 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_source_or_an_unapplied_change_turns_healthz_not_livez_after_the_timeout() {
+    fn an_unapplied_change_turns_healthz_not_livez_after_the_timeout() {
         let s = state(3, 3, AGO_LONG);
-        s.update(|s| s.failing_since = Some(Instant::now() - Duration::from_secs(10)));
-        assert_eq!(problems(&s), vec![], "a short outage is tolerated");
-        s.update(|s| s.failing_since = Some(Instant::now() - Duration::from_secs(61)));
-        assert_eq!(problems(&s), vec![Problem::SourceFailing]);
+        s.update(|s| s.pending_since = Some(Instant::now() - Duration::from_secs(10)));
+        assert_eq!(problems(&s), vec![], "a change may take a while");
         s.update(|s| s.pending_since = Some(Instant::now() - Duration::from_secs(61)));
-        assert_eq!(
-            problems(&s),
-            vec![Problem::ChangeNotApplied, Problem::SourceFailing]
-        );
-        let (code, body) = health_response(&s, false);
+        assert_eq!(problems(&s), vec![Problem::ChangeNotApplied]);
+        let (code, body) = health_response(&s, Probe::Healthz);
         assert_eq!(code, 503, "{body}");
         assert!(
-            body.contains("\"problems\": [\"change_not_applied\",\"source_failing\"]"),
+            body.contains("\"problems\": [\"change_not_applied\"]"),
             "{body}"
         );
-        assert_eq!(health_response(&s, true).0, 200, "livez ignores them");
+        let (code, body) = health_response(&s, Probe::Livez);
+        assert_eq!(code, 200, "livez ignores it: {body}");
+        assert!(
+            body.contains("\"warnings\": [\"change_not_applied\"]"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_failing_source_is_a_warning_that_fails_neither_probe() {
+        let s = state(3, 3, AGO_LONG);
+        s.update(|s| s.failing_since = Some(Instant::now() - Duration::from_secs(10)));
+        assert_eq!(problems(&s), vec![], "a short outage is not even a warning");
+        s.update(|s| s.failing_since = Some(Instant::now() - Duration::from_secs(3600)));
+        assert_eq!(problems(&s), vec![Problem::SourceFailing]);
+        for probe in [Probe::Healthz, Probe::Livez] {
+            let (code, body) = health_response(&s, probe);
+            assert_eq!(code, 200, "{probe:?}: {body}");
+            assert!(
+                body.contains("\"problems\": [],\"warnings\": [\"source_failing\"]"),
+                "{probe:?}: {body}"
+            );
+        }
     }
 
     #[test]
     fn a_stopped_worker_fails_livez_and_healthz() {
         let s = state(3, 3, AGO_LONG);
         s.update(|s| s.workers_running = false);
-        assert_eq!(health_response(&s, true).0, 503);
-        assert_eq!(health_response(&s, false).0, 503);
+        assert_eq!(health_response(&s, Probe::Livez).0, 503);
+        assert_eq!(health_response(&s, Probe::Healthz).0, 503);
     }
 }

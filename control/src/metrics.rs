@@ -17,7 +17,7 @@ use kxdp_dataplane::xsk::port::SocketStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -280,6 +280,9 @@ pub struct SyncMetrics {
     /// From a change being noticed (objects file modified, SIGHUP, an API watch event)
     /// to every worker forwarding with a snapshot that includes it.
     pub programming_duration: Histogram,
+    /// 1 while an API watch is failing: health does not turn on it (endpoints.rs),
+    /// so this is what to alert on.
+    pub watches_failing: Gauge,
 }
 
 impl Default for SyncMetrics {
@@ -291,6 +294,7 @@ impl Default for SyncMetrics {
             // 1 ms to 65 s: includes the --min-sync-period batching (1 s by default),
             // and a change that waits for a failed reload to be fixed.
             programming_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            watches_failing: Gauge::default(),
         }
     }
 }
@@ -309,6 +313,12 @@ pub fn registry(m: DataplaneMetrics, sync: &SyncMetrics) -> Registry {
         "Time from an object change being noticed to every worker using a snapshot with it \
          (kube-proxy's network_programming_duration_seconds).",
         sync.programming_duration.clone(),
+    );
+    r.register(
+        "kxdp_api_watches_failing",
+        "1 while a watch of the API server is failing (kxdp keeps forwarding with the \
+         objects it last got; health probes do not turn on it), else 0.",
+        sync.watches_failing.clone(),
     );
     r
 }
@@ -409,6 +419,7 @@ mod tests {
         let sync = SyncMetrics::default();
         sync.sync_duration.observe(0.0003);
         sync.programming_duration.observe(0.02);
+        sync.watches_failing.set(1);
         let r = registry(
             DataplaneMetrics {
                 workers: vec![Arc::new(Mutex::new(s))],
@@ -435,6 +446,7 @@ mod tests {
         assert!(text.contains("kxdp_flows{worker=\"0\"} 2"), "{text}");
         for line in [
             "kxdp_rx_batches_total{worker=\"0\"} 4",
+            "kxdp_api_watches_failing 1",
             "kxdp_xsk_rx_dropped_total{worker=\"0\",interface=\"eth1\"} 1",
             "kxdp_xsk_rx_ring_full_total{worker=\"0\",interface=\"eth1\"} 2",
             "kxdp_xsk_fill_ring_empty_total{worker=\"0\",interface=\"eth1\"} 3",

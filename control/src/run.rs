@@ -433,7 +433,9 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             // A worker that stopped following: its last snapshot stays alive anyway.
             retired.pop_front();
         }
-        failing_since = match (source.failing)() {
+        let failing = (source.failing)();
+        sync_metrics.watches_failing.set(i64::from(failing));
+        failing_since = match failing {
             true => failing_since.or(Some(now)),
             false => None,
         };
