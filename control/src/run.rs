@@ -18,7 +18,9 @@ use kxdp_dataplane::ports::{Port, PortRole, Ports};
 use kxdp_dataplane::snapshot::{Mac, Snapshot};
 use kxdp_dataplane::worker::{Fleet, Shared, Worker, WorkerConfig, WorkerStatus};
 use kxdp_dataplane::xsk::port::BindMode;
-use kxdp_dataplane::xsk::steer::{self, Role, Steering, XdpMode, MAX_QUEUES};
+use kxdp_dataplane::xsk::steer::{
+    self, Role, SocketSlots, Steering, XdpMode, MAX_QUEUES, MAX_SOCKETS,
+};
 use kxdp_dataplane::xsk::umem::{FramePool, FrameSize};
 
 use crate::admin;
@@ -216,13 +218,20 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     };
     let vtep: Ipv4Addr = snap.node.vtep_ip;
     let vxlan_port = a.pipeline.vxlan_port;
-    let mut steering = Steering::load()?;
+    let slots = SocketSlots::new(ports.len(), a.queues).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} interfaces × {} queues is more than the {MAX_SOCKETS} AF_XDP sockets kxdp serves",
+            ports.len(),
+            a.queues
+        )
+    })?;
+    let mut steering = Steering::load(slots)?;
     for (i, p) in ports.iter().enumerate() {
         let role = match p.role {
             PortRole::Uplink => Role::Uplink,
             PortRole::Pod => Role::Pod,
         };
-        steering.attach(&p.name, role, mode, i as u32 * MAX_QUEUES)?;
+        steering.attach(&p.name, role, mode, slots, i as u32)?;
     }
     let started = Instant::now();
     steering.sync(&snap, &[a.gateway_ip])?;
@@ -276,7 +285,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             pcfg,
             shared,
             arp,
-            |port, queue, fd| steering.register_socket(port.0 as u32 * MAX_QUEUES + queue, fd),
+            |port, queue, fd| steering.register_socket(slots.key(port.0 as u32, queue), fd),
         )?;
         workers.push(w);
     }

@@ -574,26 +574,116 @@ fn replies_landing_on_another_workers_queue_are_still_translated() {
     // Success alone could hide lost replies behind retransmissions (a retried SYN may
     // happen to land on the right queue): without handoff about half the handshakes
     // needed one. With it, none should.
-    let retrans = |ns: &str, counter: &str| -> u64 {
-        let out = t.exec(ns, &["nstat", "-az", counter]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(counter)
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-            .unwrap_or(0)
-    };
-    let syn = retrans(&client.ns, "TcpExtTCPSynRetrans");
+    let syn = net_counter(&t, &client.ns, "TcpExtTCPSynRetrans");
     let synack: u64 = backends
         .iter()
-        .map(|b| retrans(&b.ns, "TcpRetransSegs"))
+        .map(|b| net_counter(&t, &b.ns, "TcpRetransSegs"))
         .sum();
     assert!(
         syn + synack < 5,
         "{syn} SYN and {synack} server retransmissions for {N} connections: replies were lost\n{}",
         kxdp.log()
     );
+}
+
+/// A counter of the network stack in namespace `ns` (`nstat`), e.g. retransmissions.
+fn net_counter(t: &Topology, ns: &str, counter: &str) -> u64 {
+    let out = t.exec(ns, &["nstat", "-az", counter]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(counter)
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Frames on a queue kxdp does not serve are the kernel's. node1's veths have two
+/// queues and kxdp serves queue 0 only; a pod picks its TX queue by flow hash, so
+/// about half the connections between two pods on node1 travel through node1's
+/// kernel, which must get them: the steering program's key for queue 1 would be the
+/// next interface's queue 0, whose socket the kernel refuses to deliver to (the frame
+/// would be dropped, and the connection would stall until a retransmission happened
+/// to pick queue 0).
+#[test]
+fn frames_on_queues_kxdp_does_not_serve_are_left_to_the_kernel() {
+    let name = "frames_on_queues_kxdp_does_not_serve_are_left_to_the_kernel";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::with_queues(name, &[10, 11], &[], 2);
+    let (client, server) = (t.pod(1, 10), t.pod(1, 11));
+    let _http = t.server(server, "http", HTTP_SERVER, HTTP_PORT);
+    t.exec(&t.node1, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // A Service with both pods as endpoints makes kxdp resolve their MACs as it
+    // starts: a frame kxdp must first ARP for is dropped, which would add a
+    // retransmission of its own.
+    let both = Service::tcp("both", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[client, server]);
+    let objects = t.write_objects(&[both]);
+    let kxdp = t.start_kxdp_with(&[
+        "--objects",
+        objects.to_str().expect("utf-8 path"),
+        "--queues",
+        "1",
+    ]);
+    // Neighbours first: kxdp and node1's kernel both ARP for the pods as this starts,
+    // and a reply kxdp asked for goes to kxdp only, so the kernel's first connection
+    // may wait a second for its own ARP retry.
+    let url = format!("http://{}:{HTTP_PORT}/", server.ip);
+    t.curl_within(
+        &client.ns,
+        &["--max-time", "5", &url],
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{}\n{}", e.message, kxdp.log()));
+    std::thread::sleep(Duration::from_millis(1500));
+    let lost = || {
+        net_counter(&t, &client.ns, "TcpExtTCPSynRetrans")
+            + net_counter(&t, &server.ns, "TcpRetransSegs")
+    };
+    let before = lost();
+    // A new connection each (the server closes them): 2^-20 that all take queue 0.
+    const N: usize = 20;
+    let url = format!("http://{}:{HTTP_PORT}/[1-{N}]", server.ip);
+    let body = t
+        .curl_within(
+            &client.ns,
+            &["--max-time", "5", &url],
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, kxdp.log()));
+    let replies = Reply::parse_all(&body);
+    assert!(
+        replies.len() == N && replies.iter().all(Option::is_some),
+        "{body}"
+    );
+    let retransmitted = lost() - before;
+    assert_eq!(
+        retransmitted,
+        0,
+        "SYN and server retransmissions for {N} connections: frames were lost\n{}",
+        kxdp.log()
+    );
+}
+
+/// More pods than the steering program once had room for (its socket map was sized
+/// for 16 interfaces): kxdp starts, and serves the pods on the last interfaces.
+#[test]
+fn a_node_with_twenty_pods_is_served_on_every_interface() {
+    let name = "a_node_with_twenty_pods_is_served_on_every_interface";
+    if !available(name) {
+        return;
+    }
+    let hosts: Vec<u8> = (10..30).collect();
+    let t = Topology::new(name, &hosts, &[]);
+    let backend = t.pod(1, 10);
+    let _http = t.server(backend, "http", HTTP_SERVER, HTTP_PORT);
+    let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).endpoints(&[backend]);
+    let _kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
+    for h in [20, 29] {
+        let r = t.http_get(&t.pod(1, h).ns, &web.cluster_url());
+        assert_eq!(r.backend, backend.ip, "from pod {h}: {r:?}");
+    }
 }
 
 /// The value of an unlabelled sample in Prometheus text, e.g. a histogram's `_count`.

@@ -17,11 +17,14 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* Map sizes kxdp sets at load time (interfaces × queues, interfaces): placeholders. */
 #define MAX_SOCKETS 1024
+#define MAX_IFACES 1024
 #define ROLE_UPLINK 1
 #define ROLE_POD 2
 
-/* key: the ingress interface's slot base + rx queue; value: AF_XDP socket fd */
+/* key: the ingress interface's slot base + rx queue (interface × queues + queue);
+ * value: AF_XDP socket fd */
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, MAX_SOCKETS);
@@ -32,11 +35,12 @@ struct {
 struct iface {
 	__u32 slot; /* first XSKMAP key of this interface */
 	__u32 role;
+	__u32 queues; /* its keys: slot .. slot + queues - 1 */
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, MAX_IFACES);
 	__type(key, __u32); /* ifindex */
 	__type(value, struct iface);
 } ifaces SEC(".maps");
@@ -169,6 +173,9 @@ int kxdp_steer(struct xdp_md *ctx)
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	struct iface *ifc = bpf_map_lookup_elem(&ifaces, &ifindex);
 	if (!cfg || !cfg->enabled || !ifc)
+		return XDP_PASS;
+	/* A queue no worker serves: its key would be the next interface's. */
+	if (ctx->rx_queue_index >= ifc->queues)
 		return XDP_PASS;
 	__u32 key = ifc->slot + ctx->rx_queue_index;
 

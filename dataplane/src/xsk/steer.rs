@@ -18,8 +18,49 @@ use crate::snapshot::{ServiceKey, ServicePort, Snapshot};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 
-/// XSKMAP keys per interface: queues beyond this cannot be served.
+/// The most queues (workers) kxdp serves on each interface.
 pub const MAX_QUEUES: u32 = 64;
+
+/// Where each AF_XDP socket sits in the XSKMAP: interface `i`'s sockets have keys
+/// `i × queues + queue`, so the map holds exactly `interfaces × queues` of them and
+/// is sized so when the program loads. (A fixed stride per interface once capped a
+/// node at 16 interfaces, the uplink and 15 pods.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketSlots {
+    interfaces: u32,
+    queues: u32,
+}
+
+impl SocketSlots {
+    /// `None` when there are no interfaces or queues, or more of them than the
+    /// steering maps can be sized for.
+    pub fn new(interfaces: usize, queues: u32) -> Option<SocketSlots> {
+        let interfaces = u32::try_from(interfaces).ok()?;
+        let total = interfaces.checked_mul(queues)?;
+        (interfaces > 0 && queues > 0 && total <= MAX_SOCKETS)
+            .then_some(SocketSlots { interfaces, queues })
+    }
+
+    /// The first key of interface `i` (its position among the ports).
+    pub fn base(self, i: u32) -> u32 {
+        debug_assert!(i < self.interfaces);
+        i * self.queues
+    }
+
+    /// The key of interface `i`'s socket on `queue`.
+    pub fn key(self, i: u32, queue: u32) -> u32 {
+        debug_assert!(queue < self.queues);
+        self.base(i) + queue
+    }
+
+    fn total(self) -> u32 {
+        self.interfaces * self.queues
+    }
+}
+
+/// The most sockets the XSKMAP is sized for (interfaces × queues): far beyond a node's
+/// pods (Kubernetes' default is 110 a node), and a bound on the map's memory.
+pub const MAX_SOCKETS: u32 = 1 << 16;
 
 /// How the program runs on an interface (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,11 +166,20 @@ fn lpm_key(ip: Ipv4Addr, prefix: u8) -> [u8; 8] {
 }
 
 impl Steering {
-    pub fn load() -> Result<Steering, SteerError> {
-        let obj = ObjectBuilder::default()
+    /// Loads the program with its XSKMAP and interface map sized for `slots`.
+    pub fn load(slots: SocketSlots) -> Result<Steering, SteerError> {
+        let mut open = ObjectBuilder::default()
             .open_memory(OBJECT)
-            .and_then(|o| o.load())
             .map_err(SteerError::Load)?;
+        for mut m in open.maps_mut() {
+            let size = match m.name().to_str() {
+                Some("xsks") => slots.total(),
+                Some("ifaces") => slots.interfaces,
+                _ => continue,
+            };
+            m.set_max_entries(size).map_err(SteerError::Load)?;
+        }
+        let obj = open.load().map_err(SteerError::Load)?;
         Ok(Steering {
             obj,
             attached: Vec::new(),
@@ -163,19 +213,21 @@ impl Steering {
             .map_err(|err| SteerError::Map { map: name, err })
     }
 
-    /// Attaches the program to `iface`, whose sockets will use XSKMAP keys
-    /// `slot..slot + MAX_QUEUES`.
+    /// Attaches the program to `iface`, the `i`th interface of `slots`: its sockets
+    /// use the keys [`SocketSlots::key`] gives.
     pub fn attach(
         &mut self,
         iface: &str,
         role: Role,
         mode: XdpMode,
-        slot: u32,
+        slots: SocketSlots,
+        i: u32,
     ) -> Result<u32, SteerError> {
         let ifindex = ifindex(iface)?;
-        let mut value = [0u8; 8];
-        value[0..4].copy_from_slice(&slot.to_ne_bytes());
+        let mut value = [0u8; 12];
+        value[0..4].copy_from_slice(&slots.base(i).to_ne_bytes());
         value[4..8].copy_from_slice(&(role as u32).to_ne_bytes());
+        value[8..12].copy_from_slice(&slots.queues.to_ne_bytes());
         self.update("ifaces", &ifindex.to_ne_bytes(), &value)?;
         let prog = self
             .obj
@@ -507,6 +559,23 @@ mod tests {
         root
     }
 
+    #[test]
+    fn socket_slots_give_every_interface_and_queue_its_own_key_densely() {
+        let slots = SocketSlots::new(3, 2).unwrap();
+        let keys: Vec<u32> = (0..3)
+            .flat_map(|i| (0..2).map(move |q| slots.key(i, q)))
+            .collect();
+        assert_eq!(keys, (0..6).collect::<Vec<_>>());
+        assert_eq!(slots.total(), 6, "the map is sized to the keys");
+        assert_eq!(SocketSlots::new(0, 1), None);
+        assert_eq!(SocketSlots::new(1, 0), None);
+        assert_eq!(
+            SocketSlots::new(MAX_SOCKETS as usize, 1).map(|s| s.total()),
+            Some(MAX_SOCKETS)
+        );
+        assert_eq!(SocketSlots::new(MAX_SOCKETS as usize, 2), None);
+    }
+
     /// Syncing a patched snapshot by difference leaves the maps as a full sync of it
     /// does; a pod two Services share stays while one of them still has it.
     #[test]
@@ -515,7 +584,8 @@ mod tests {
             return;
         }
         let first = snapshot(&[port(1, &[10, 11]), port(2, &[11])]);
-        let mut steering = Steering::load().unwrap();
+        let slots = SocketSlots::new(2, 1).unwrap();
+        let mut steering = Steering::load(slots).unwrap();
         steering.sync(&first, &[]).unwrap();
         assert_eq!(keys(&steering, "frontends").len(), 2);
         assert_eq!(keys(&steering, "endpoints").len(), 2);
@@ -524,7 +594,7 @@ mod tests {
         let moved = Arc::new(ServicePort::new(port(1, &[12]), 251));
         let second = Arc::new(first.with_ports(2, &[(ServiceId(0), moved)]).unwrap());
         steering.sync(&second, &[]).unwrap();
-        let mut fresh = Steering::load().unwrap();
+        let mut fresh = Steering::load(slots).unwrap();
         fresh.sync(&second, &[]).unwrap();
         for map in ["frontends", "endpoints", "pod_cidrs", "host_addrs"] {
             assert_eq!(keys(&steering, map), keys(&fresh, map), "{map}");
