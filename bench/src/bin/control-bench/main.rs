@@ -99,7 +99,7 @@ fn run(args: Args) -> Result<()> {
     }
     let min_sync = parse_ms(&args.min_sync_period)?;
     let prefix = format!("kxcb{}", std::process::id() % 100_000);
-    let topo = Topology::build(&prefix)?;
+    let topo = Topology::build(&prefix, 0)?;
     let api = ApiDouble::start_in_netns(&topo.node);
     api.apply(&node(1));
     api.apply(&node(2));

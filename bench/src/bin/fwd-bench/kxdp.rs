@@ -63,6 +63,9 @@ impl Kxdp {
             "--bind",
             "copy",
         ]);
+        for iface in &topo.idle_pod_ifs {
+            args.extend(["--pod-iface", iface]);
+        }
         args.extend(extra.iter().map(String::as_str));
         let child = Command::new("ip")
             .args(&args)

@@ -102,6 +102,11 @@ struct Args {
     /// move by several percent on a shared machine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: u32,
+    /// Idle pods on the node besides the client and the backend: veths kxdp serves
+    /// (`--pod-iface`) that carry no traffic, as on a node with many pods (each takes
+    /// its share of the worker's frames and a look every loop).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=250))]
+    idle_pods: u16,
     /// Prefix of the namespaces' names (default: kfb<pid>).
     #[arg(long)]
     prefix: Option<String>,
@@ -178,7 +183,7 @@ fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("kfb{}", std::process::id()));
 
-    let topo = Topology::build(&prefix)?;
+    let topo = Topology::build(&prefix, args.idle_pods.into())?;
     let sink = Sink::attach(&topo, args.sink)?;
     let mut gen = Generator::new(&topo, args.flows, args.gen_core)?;
     println!(
@@ -194,6 +199,9 @@ fn run(args: Args) -> Result<()> {
         args.window,
         args.warmup,
     );
+    if args.idle_pods > 0 {
+        println!("idle pods on the node, served by kxdp: {}", args.idle_pods);
+    }
     println!(
         "namespaces: {prefix}-{{node1,client,backend,underlay}}; the node's receive NAPI: {}",
         match args.napi {

@@ -45,6 +45,9 @@ pub struct Topology {
     pub backend_mac: Mac,
     pub backend_host_mac: Mac,
     pub backend_host_ifindex: u32,
+    /// Host sides of idle pods' veths (`--idle-pods`): ports kxdp serves that carry
+    /// no traffic, as on a node with many pods.
+    pub idle_pod_ifs: Vec<String>,
     /// The Kubernetes objects kxdp serves.
     pub objects: PathBuf,
     dir: PathBuf,
@@ -59,11 +62,18 @@ impl Drop for Topology {
 }
 
 impl Topology {
-    /// Builds the topology under names starting with `prefix`.
-    pub fn build(prefix: &str) -> Result<Topology> {
+    /// Builds the topology under names starting with `prefix`, with `idle_pods`
+    /// veths more on the node.
+    pub fn build(prefix: &str, idle_pods: usize) -> Result<Topology> {
         let (client_host_if, backend_host_if) = (format!("{prefix}c"), format!("{prefix}b"));
         if client_host_if.len() > 15 {
             anyhow::bail!("prefix {prefix:?} is too long for interface names (at most 14)");
+        }
+        let idle_name = |end: char, i: usize| format!("{prefix}{end}{i}");
+        if idle_pods > 0 && idle_name('i', idle_pods).len() > 15 {
+            anyhow::bail!(
+                "prefix {prefix:?} is too long for {idle_pods} idle pods' interface names"
+            );
         }
         let mut namespaces = Namespaces::default();
         let [node, client, backend, underlay] =
@@ -87,6 +97,18 @@ impl Topology {
         ip(&node, "addr add 169.254.1.1/32 dev lo")?;
         pod(&client, &node, &client_host_if, CLIENT_IP)?;
         pod(&backend, &node, &backend_host_if, BACKEND_IP)?;
+        // Both ends on the node: nothing is sent into them, so no pod needs to exist.
+        let mut idle_pod_ifs = Vec::with_capacity(idle_pods);
+        for i in 0..idle_pods {
+            let (host, peer) = (idle_name('i', i), idle_name('p', i));
+            ip(
+                &node,
+                &format!("link add {host} type veth peer name {peer}"),
+            )?;
+            ip(&node, &format!("link set {peer} up"))?;
+            ip(&node, &format!("link set {host} up"))?;
+            idle_pod_ifs.push(host);
+        }
 
         let mac =
             |ns: &str, iface: &str| -> Result<Mac> { parse_mac(&sysfs(ns, iface, "address")?) };
@@ -100,6 +122,7 @@ impl Topology {
             backend_mac: mac(&backend, POD_IF)?,
             backend_host_mac: mac(&node, &backend_host_if)?,
             backend_host_ifindex: index(&node, &backend_host_if)?,
+            idle_pod_ifs,
             node,
             client_host_if,
             backend_host_if,
