@@ -28,6 +28,7 @@ use crate::ports::PortRole;
 use crate::resolve::Via;
 use crate::snapshot::{Mac, Snapshot};
 use crate::verdict::{Counters, PortId, Verdict};
+use crate::xsk::fill::FillShares;
 use crate::xsk::port::{BindError, BindMode, SocketStats, XskPort};
 use crate::xsk::sleep::{Sleeper, Wake};
 use crate::xsk::steer::SteerError;
@@ -159,8 +160,12 @@ pub struct Worker {
     out: Vec<Vec<FrameDesc>>,
     sleeper: Sleeper,
     rx_batches: u64,
-    /// Frames each port's fill ring is kept at ([`fill_share`]).
-    fill: usize,
+    /// Frames each port's fill ring is kept at.
+    fill: FillShares,
+    /// Per port, reused every loop: frames its kernel side holds, and what to top
+    /// its fill ring up to.
+    held: Vec<usize>,
+    fill_targets: Vec<usize>,
 }
 
 impl Worker {
@@ -177,12 +182,13 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let mut ports = Vec::new();
         let mut pool = pool;
-        let fill = fill_share(pool.total, pipeline_cfg.ports.len(), cfg.ring_size);
+        let n_ports = pipeline_cfg.ports.len();
+        let fill = FillShares::new(pool.total, n_ports, cfg.ring_size as usize);
         for (pid, p) in pipeline_cfg.ports.iter() {
             let mut port = XskPort::open(&pool, pid, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
             // Frames to receive into before the steering program sends any: the
             // kernel drops what finds the fill ring empty.
-            port.refill(&mut pool.free, fill);
+            port.refill(&mut pool.free, fill.share());
             register(pid, cfg.queue, port.fd())?;
             ports.push(port);
         }
@@ -192,6 +198,8 @@ impl Worker {
             sleeper,
             rx_batches: 0,
             fill,
+            held: vec![0; n_ports],
+            fill_targets: vec![0; n_ports],
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -239,9 +247,13 @@ impl Worker {
             }
             let snap = &*current;
             let mut work = 0;
-            for p in self.ports.iter_mut() {
+            for (p, held) in self.ports.iter_mut().zip(&mut self.held) {
                 work += p.reap(&mut self.pool.free, &mut scratch);
-                p.refill(&mut self.pool.free, self.fill);
+                *held = p.in_fill;
+            }
+            self.fill.plan(now, &self.held, &mut self.fill_targets);
+            for (p, &target) in self.ports.iter_mut().zip(&self.fill_targets) {
+                p.refill(&mut self.pool.free, target);
             }
             for i in 0..self.ports.len() {
                 let n = self.ports[i].receive(&mut rx);
@@ -250,6 +262,7 @@ impl Worker {
                 }
                 work += n;
                 self.rx_batches += 1;
+                self.fill.received(i, now, n == rx.len());
                 // The kernel wrote these frames on another core: start fetching
                 // their headers for the whole batch before the first is parsed.
                 for desc in &rx[..n] {
@@ -499,18 +512,13 @@ impl Worker {
     }
 }
 
-/// Frames a worker keeps in each port's fill ring: half its frames shared among its
-/// ports (the other half is in flight or free), at most a ring's worth.
-fn fill_share(frames: usize, ports: usize, ring_size: u32) -> usize {
-    (frames / (ports.max(1) * 2)).min(ring_size as usize).max(1)
-}
-
 /// Keeps a worker's free frames between a quarter and three quarters of its `share`:
 /// the surplus goes to the fleet's `spare` frames, a shortage is made up from them.
 ///
-/// A worker parks at most half of its share in its fill rings ([`fill_share`]), so
-/// one whose frames come and go evenly stays inside the band. Handoffs move frames
-/// for good: the worker that hands a frame over gets it back only through this. The
+/// A worker parks half of its share in its fill rings, up to three quarters while
+/// ports are busy ([`FillShares`]), so one whose frames come and go evenly stays
+/// inside the band or at its lower edge (where it finds spares only if another worker
+/// has a surplus). Handoffs move frames for good: the worker that hands a frame over gets it back only through this. The
 /// upper bound must be one a worker can reach while the other starves: at twice the
 /// share (the whole UMEM of two workers) it never was, so the worker handing frames
 /// away ran out, its fill rings emptied, and the kernel dropped everything on its

@@ -2,6 +2,7 @@
 //! interface (forwarding hands a frame from one interface's RX ring to another's TX
 //! ring, never copying it), and the steering program that feeds them.
 
+pub mod fill;
 pub mod port;
 pub mod sleep;
 pub mod steer;

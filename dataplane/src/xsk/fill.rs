@@ -1,0 +1,212 @@
+//! How many frames each port's fill ring is kept at.
+//!
+//! Every port gets an even share: half the worker's frames split among its ports, at
+//! most a ring each (the other half is in flight or free). With a few ports that is a
+//! full ring each. With a hundred pods it is about 160 frames, a third of a
+//! millisecond of a busy pod's traffic at 500,000 frames/s, and a worker that is late
+//! by more (a sleeping worker's wake-up, a paused vCPU) loses frames: the kernel
+//! drops what finds the fill ring empty.
+//!
+//! So a port whose ring ran low grows to a full ring, out of a budget of another
+//! quarter of the worker's frames shared by all ports. What a port holds cannot be
+//! taken back out of its ring (AF_XDP has no way to), so the budget counts the frames
+//! ports really hold beyond their share, not what they were granted: a port that was
+//! busy and fell silent keeps its frames until it receives again, and meanwhile they
+//! count against the budget. At worst every grant is held by silent ports and a newly
+//! busy one gets the even share, as without growth; never less. A port that has
+//! received nothing for [`SHRINK_AFTER`] shrinks back to the share: its ring is not
+//! topped up beyond it, and the frames return as it receives.
+
+use crate::flow::Nanos;
+
+/// Idle time after which a grown port shrinks back to the even share.
+pub const SHRINK_AFTER: Nanos = Nanos(1_000_000_000);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct PortFill {
+    grown: bool,
+    last_rx: Nanos,
+}
+
+#[derive(Debug)]
+pub struct FillShares {
+    /// The even share every port is kept at.
+    share: usize,
+    ring: usize,
+    /// Frames all ports together may hold beyond their share.
+    budget: usize,
+    ports: Vec<PortFill>,
+}
+
+impl FillShares {
+    /// Shares of a worker's `frames` among `ports` fill rings of `ring` descriptors.
+    pub fn new(frames: usize, ports: usize, ring: usize) -> FillShares {
+        let share = (frames / (ports.max(1) * 2)).min(ring).max(1);
+        FillShares {
+            share,
+            ring,
+            budget: frames / 4,
+            ports: vec![PortFill::default(); ports],
+        }
+    }
+
+    /// The even share.
+    pub fn share(&self) -> usize {
+        self.share
+    }
+
+    /// Port `i` received frames at `now`; `full`: as many as a batch takes, so more
+    /// may be waiting: the worker fell behind it.
+    #[inline]
+    pub fn received(&mut self, i: usize, now: Nanos, full: bool) {
+        let p = &mut self.ports[i];
+        p.last_rx = now;
+        p.grown |= full && self.share < self.ring;
+    }
+
+    /// What to top each port's fill ring up to, given what each holds now (`held[i]`:
+    /// frames in port `i`'s fill ring or received and not yet taken). Writes
+    /// `targets[i]`; a port holding more than its target is simply not topped up.
+    pub fn plan(&mut self, now: Nanos, held: &[usize], targets: &mut [usize]) {
+        let beyond = |h: usize| h.saturating_sub(self.share);
+        let mut beyond_all: usize = held.iter().map(|&h| beyond(h)).sum();
+        for (i, (p, &h)) in self.ports.iter_mut().zip(held).enumerate() {
+            if p.grown && now.0.saturating_sub(p.last_rx.0) > SHRINK_AFTER.0 {
+                p.grown = false;
+            }
+            // Less than half a share left since the last top-up (the frames received
+            // are taken already, so the ring ran this low): it drains faster than the
+            // worker comes round. (`received` sees the other sign, a full batch.)
+            if !p.grown && self.share < self.ring && h < self.share / 2 {
+                p.grown = true;
+                p.last_rx = now;
+            }
+            targets[i] = if p.grown {
+                let others = beyond_all - beyond(h);
+                let room = self.budget.saturating_sub(others);
+                let target = (self.share + room).min(self.ring);
+                // The top-up below brings this port to `target` (or as far as free
+                // frames go, which only leaves the budget less used).
+                beyond_all = others + beyond(target.max(h));
+                target
+            } else {
+                self.share
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn plan(f: &mut FillShares, now: u64, held: &[usize]) -> Vec<usize> {
+        let mut t = vec![0; held.len()];
+        f.plan(Nanos(now), held, &mut t);
+        t
+    }
+
+    #[test]
+    fn with_few_ports_every_ring_is_full_and_nothing_grows() {
+        let mut f = FillShares::new(32768, 3, 4096);
+        assert_eq!(f.share(), 4096);
+        assert_eq!(plan(&mut f, 0, &[0, 4096, 10]), vec![4096; 3]);
+    }
+
+    #[test]
+    fn a_ring_that_runs_low_grows_to_a_full_ring_and_shrinks_when_idle() {
+        // The uplink and 101 pods: 160 frames each.
+        let mut f = FillShares::new(32768, 102, 4096);
+        let share = f.share();
+        assert_eq!(share, 160);
+        let mut held = vec![share; 102];
+        assert_eq!(plan(&mut f, 0, &held), vec![share; 102], "all quiet");
+        held[7] = 10;
+        f.received(7, Nanos(MS), false);
+        let t = plan(&mut f, MS, &held);
+        assert_eq!(t[7], 4096, "the busy pod gets a whole ring");
+        assert!(t.iter().enumerate().all(|(i, &x)| i == 7 || x == share));
+        held[7] = 4096;
+        f.received(7, Nanos(500 * MS), false);
+        assert_eq!(plan(&mut f, 600 * MS, &held)[7], 4096, "still busy");
+        assert_eq!(
+            plan(&mut f, 1600 * MS, &held)[7],
+            share,
+            "idle for a second"
+        );
+        // A full batch: the worker fell behind, though the ring is not low yet.
+        f.received(9, Nanos(1700 * MS), true);
+        assert_eq!(plan(&mut f, 1700 * MS, &held)[9], 4096);
+        f.received(10, Nanos(1700 * MS), false);
+        assert_eq!(
+            plan(&mut f, 1700 * MS, &held)[10],
+            share,
+            "a short batch is no sign"
+        );
+    }
+
+    #[test]
+    fn frames_silent_ports_still_hold_count_against_the_budget() {
+        // 102 ports of 160; the budget is 8192 frames beyond the shares.
+        let mut f = FillShares::new(32768, 102, 4096);
+        let share = f.share();
+        let mut held = vec![share; 102];
+        // Pods 1 and 2 were busy, got whole rings, and fell silent holding them.
+        held[1] = 0;
+        held[2] = 0;
+        let t = plan(&mut f, 0, &held);
+        assert_eq!((t[1], t[2]), (4096, 4096));
+        held[1] = 4096;
+        held[2] = 4096;
+        let t = plan(&mut f, 2000 * MS, &held);
+        assert_eq!(
+            (t[1], t[2]),
+            (share, share),
+            "shrunk, but they hold their frames"
+        );
+        // Pod 3 turns busy: only what pods 1 and 2 do not hold is left for it.
+        held[3] = 0;
+        let t = plan(&mut f, 2001 * MS, &held);
+        assert_eq!(t[3], share + 8192 - 2 * (4096 - share));
+    }
+
+    proptest! {
+        /// Whatever the ports hold and whenever they receive, a port's target is at
+        /// least its share and at most a ring, and the frames held beyond the shares
+        /// after topping up stay within the budget (or what was held already).
+        #[test]
+        fn targets_stay_between_the_share_and_a_ring_and_within_the_budget(
+            ports in 1usize..120,
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0usize..4096, 120), 0usize..120, any::<bool>(), 0u64..3000),
+                1..30,
+            ),
+        ) {
+            let (frames, ring) = (32768, 4096);
+            let mut f = FillShares::new(frames, ports, ring);
+            let share = f.share();
+            let mut now = 0;
+            let mut held = vec![share; ports];
+            for (consumed, busy, full, dt) in steps {
+                now += dt * MS;
+                f.received(busy % ports, Nanos(now), full);
+                // The kernel took frames from the rings since the last top-up.
+                for (h, c) in held.iter_mut().zip(consumed) {
+                    *h = h.saturating_sub(c);
+                }
+                let beyond_before: usize = held.iter().map(|h| h.saturating_sub(share)).sum();
+                let mut t = vec![0; ports];
+                f.plan(Nanos(now), &held, &mut t);
+                for (h, &target) in held.iter_mut().zip(&t) {
+                    prop_assert!((share..=ring).contains(&target));
+                    *h = (*h).max(target);
+                }
+                let beyond: usize = held.iter().map(|h| h.saturating_sub(share)).sum();
+                prop_assert!(beyond <= f.budget.max(beyond_before), "{beyond} > {}", f.budget);
+            }
+        }
+    }
+}
