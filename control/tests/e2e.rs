@@ -557,18 +557,8 @@ fn replies_landing_on_another_workers_queue_are_still_translated() {
     let web = Service::tcp("web", [198, 19, 0, 13], 80, HTTP_PORT).endpoints(&backends);
     let kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
     const N: usize = 60;
-    let url = format!("http://{}:{}/[1-{N}]", web.cluster_ip, web.port);
-    let body = t
-        .curl_within(
-            &client.ns,
-            &["--max-time", "5", &url],
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("{}\n{}", e.message, kxdp.log()));
-    let replies = Reply::parse_all(&body);
-    assert_eq!(replies.len(), N, "{body}");
-    for r in replies {
-        let r = r.unwrap_or_else(|| panic!("bad reply in {body:?}"));
+    let base = format!("http://{}:{}/", web.cluster_ip, web.port);
+    for r in requests(&t, &client.ns, &base, N, &kxdp) {
         assert_eq!(*r.client.ip(), client.ip, "{r:?}");
     }
     // Success alone could hide lost replies behind retransmissions (a retried SYN may
@@ -584,6 +574,18 @@ fn replies_landing_on_another_workers_queue_are_still_translated() {
         "{syn} SYN and {synack} server retransmissions for {N} connections: replies were lost\n{}",
         kxdp.log()
     );
+}
+
+/// `n` HTTP requests from namespace `ns` to `base` (`[1-n]` appended), a new
+/// connection each (the test server closes them); their replies, every one parsed.
+fn requests(t: &Topology, ns: &str, base: &str, n: usize, kxdp: &netns::Kxdp) -> Vec<Reply> {
+    let url = format!("{base}[1-{n}]");
+    let body = t
+        .curl_within(ns, &["--max-time", "5", &url], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, kxdp.log()));
+    let replies: Vec<Reply> = Reply::parse_all(&body).into_iter().flatten().collect();
+    assert_eq!(replies.len(), n, "{body}");
+    replies
 }
 
 /// A counter of the network stack in namespace `ns` (`nstat`), e.g. retransmissions.
@@ -644,19 +646,7 @@ fn frames_on_queues_kxdp_does_not_serve_are_left_to_the_kernel() {
     let before = lost();
     // A new connection each (the server closes them): 2^-20 that all take queue 0.
     const N: usize = 20;
-    let url = format!("http://{}:{HTTP_PORT}/[1-{N}]", server.ip);
-    let body = t
-        .curl_within(
-            &client.ns,
-            &["--max-time", "5", &url],
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("{}\n{}", e.message, kxdp.log()));
-    let replies = Reply::parse_all(&body);
-    assert!(
-        replies.len() == N && replies.iter().all(Option::is_some),
-        "{body}"
-    );
+    requests(&t, &client.ns, &url, N, &kxdp);
     let retransmitted = lost() - before;
     assert_eq!(
         retransmitted,
