@@ -146,6 +146,14 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
                 a.queues - 1
             );
         }
+        if have > a.queues {
+            tracing::warn!(
+                "interface {name} has {have} queues and kxdp serves {}: what arrives on \
+                 the others goes to the kernel, which does not translate Service traffic \
+                 (raise --queues, or steer traffic to the served queues)",
+                a.queues
+            );
+        }
         let mac: Mac = sysfs(name, "address")?
             .parse()
             .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;

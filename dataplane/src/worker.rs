@@ -262,7 +262,7 @@ impl Worker {
                 }
                 work += n;
                 self.rx_batches += 1;
-                self.fill.received(i, now, n == rx.len());
+                self.fill.received(i, now, n, rx.len());
                 // The kernel wrote these frames on another core: start fetching
                 // their headers for the whole batch before the first is parsed.
                 for desc in &rx[..n] {
@@ -432,6 +432,7 @@ impl Worker {
         }
         balance(
             &mut self.pool.free,
+            self.fill.beyond(&self.held),
             self.pool.total,
             &self.shared.fleet.spare,
         );
@@ -514,23 +515,26 @@ impl Worker {
 
 /// Keeps a worker's free frames between a quarter and three quarters of its `share`:
 /// the surplus goes to the fleet's `spare` frames, a shortage is made up from them.
+/// `beyond`, the frames its fill rings hold beyond their even shares ([`FillShares`]),
+/// counts as free: the rings of busy ports grow out of the worker's own frames, not
+/// out of what it would otherwise give back.
 ///
-/// A worker parks half of its share in its fill rings, up to three quarters while
-/// ports are busy ([`FillShares`]), so one whose frames come and go evenly stays
-/// inside the band or at its lower edge (where it finds spares only if another worker
-/// has a surplus). Handoffs move frames for good: the worker that hands a frame over gets it back only through this. The
-/// upper bound must be one a worker can reach while the other starves: at twice the
-/// share (the whole UMEM of two workers) it never was, so the worker handing frames
-/// away ran out, its fill rings emptied, and the kernel dropped everything on its
-/// queues.
+/// A worker parks half of its share in its fill rings, so one whose frames come and
+/// go evenly stays inside the band. Handoffs move frames for good: the worker that
+/// hands a frame over gets it back only through this. The upper bound must be one a
+/// worker can reach while the other starves: at twice the share (the whole UMEM of
+/// two workers) it never was, so the worker handing frames away ran out, its fill
+/// rings emptied, and the kernel dropped everything on its queues; and a receiving
+/// worker whose rings had grown would likewise have kept a quarter more.
 ///
 /// Frames move in bulk, down or up to half the share, and only when outside ¼..¾:
 /// a free list hovering at a bound would otherwise pass a few frames through the
 /// shared queue on every loop.
-fn balance(free: &mut Vec<FrameDesc>, share: usize, spare: &ArrayQueue<FrameDesc>) {
+fn balance(free: &mut Vec<FrameDesc>, beyond: usize, share: usize, spare: &ArrayQueue<FrameDesc>) {
     let (low, high, middle) = (share / 4, share - share / 4, share / 2);
-    if free.len() > high {
-        while free.len() > middle {
+    let held = |free: &Vec<FrameDesc>| free.len() + beyond;
+    if held(free) > high {
+        while held(free) > middle {
             let Some(d) = free.pop() else { break };
             if let Err(d) = spare.push(d) {
                 free.push(d);
@@ -538,8 +542,8 @@ fn balance(free: &mut Vec<FrameDesc>, share: usize, spare: &ArrayQueue<FrameDesc
             }
         }
     }
-    if free.len() < low {
-        while free.len() < middle {
+    if held(free) < low {
+        while held(free) < middle {
             let Some(d) = spare.pop() else { break };
             free.push(d);
         }
@@ -564,8 +568,8 @@ mod tests {
                 panic!("the handing worker ran out of frames after {step} handoffs")
             });
             taker.push(frame);
-            balance(&mut taker, share, &spare);
-            balance(&mut giver, share, &spare);
+            balance(&mut taker, 0, share, &spare);
+            balance(&mut giver, 0, share, &spare);
         }
         assert!(giver.len() >= share / 4, "{}", giver.len());
         assert!(taker.len() <= share - share / 4, "{}", taker.len());
@@ -574,5 +578,31 @@ mod tests {
             share,
             "frames conserved"
         );
+    }
+
+    /// As above, with the receiving worker's fill rings grown by a quarter of its
+    /// share beyond the even shares: it gives back as much, so the handing worker
+    /// keeps what it had.
+    #[test]
+    fn a_worker_whose_rings_grew_gives_back_as_many_more_frames() {
+        let share = 16384;
+        let beyond = share / 4;
+        let spare = ArrayQueue::new(2 * share);
+        let mut giver = vec![FrameDesc::default(); share / 2];
+        let mut taker = vec![FrameDesc::default(); share / 2 - beyond];
+        for step in 0..10 * share {
+            let frame = giver.pop().unwrap_or_else(|| {
+                panic!("the handing worker ran out of frames after {step} handoffs")
+            });
+            taker.push(frame);
+            balance(&mut taker, beyond, share, &spare);
+            balance(&mut giver, 0, share, &spare);
+            assert!(
+                taker.len() + beyond <= share - share / 4,
+                "the taker holds {} free and {beyond} in grown rings",
+                taker.len()
+            );
+        }
+        assert!(giver.len() >= share / 4, "{}", giver.len());
     }
 }

@@ -7,15 +7,18 @@
 //! by more (a sleeping worker's wake-up, a paused vCPU) loses frames: the kernel
 //! drops what finds the fill ring empty.
 //!
-//! So a port whose ring ran low grows to a full ring, out of a budget of another
-//! quarter of the worker's frames shared by all ports. What a port holds cannot be
+//! So a port the worker fell behind on (a full batch waiting, or half its share taken
+//! in one receive) grows to a full ring, out of a budget of another quarter of the
+//! worker's frames shared by all ports. What a port holds cannot be
 //! taken back out of its ring (AF_XDP has no way to), so the budget counts the frames
 //! ports really hold beyond their share, not what they were granted: a port that was
 //! busy and fell silent keeps its frames until it receives again, and meanwhile they
 //! count against the budget. At worst every grant is held by silent ports and a newly
 //! busy one gets the even share, as without growth; never less. A port that has
 //! received nothing for [`SHRINK_AFTER`] shrinks back to the share: its ring is not
-//! topped up beyond it, and the frames return as it receives.
+//! topped up beyond it, and the frames return as it receives. When workers balance
+//! their free frames (`worker.rs`, `balance`), what a worker's ports hold beyond
+//! their shares counts as its free frames: growing does not take another worker's.
 
 use crate::flow::Nanos;
 
@@ -55,13 +58,20 @@ impl FillShares {
         self.share
     }
 
-    /// Port `i` received frames at `now`; `full`: as many as a batch takes, so more
-    /// may be waiting: the worker fell behind it.
+    /// Port `i` received `n` frames at `now`, in a receive of at most `batch`. A
+    /// full batch (more may be waiting), or half the share at once, says the worker
+    /// fell that far behind the port: the kernel had used that much of its ring.
     #[inline]
-    pub fn received(&mut self, i: usize, now: Nanos, full: bool) {
+    pub fn received(&mut self, i: usize, now: Nanos, n: usize, batch: usize) {
         let p = &mut self.ports[i];
         p.last_rx = now;
-        p.grown |= full && self.share < self.ring;
+        p.grown |= self.share < self.ring && (n >= batch || n >= self.share / 2);
+    }
+
+    /// Frames the ports hold beyond their shares (`held` as for [`FillShares::plan`]):
+    /// taken from the budget, and not free though they are the worker's.
+    pub fn beyond(&self, held: &[usize]) -> usize {
+        held.iter().map(|h| h.saturating_sub(self.share)).sum()
     }
 
     /// What to top each port's fill ring up to, given what each holds now (`held[i]`:
@@ -69,17 +79,10 @@ impl FillShares {
     /// `targets[i]`; a port holding more than its target is simply not topped up.
     pub fn plan(&mut self, now: Nanos, held: &[usize], targets: &mut [usize]) {
         let beyond = |h: usize| h.saturating_sub(self.share);
-        let mut beyond_all: usize = held.iter().map(|&h| beyond(h)).sum();
+        let mut beyond_all = self.beyond(held);
         for (i, (p, &h)) in self.ports.iter_mut().zip(held).enumerate() {
             if p.grown && now.0.saturating_sub(p.last_rx.0) > SHRINK_AFTER.0 {
                 p.grown = false;
-            }
-            // Less than half a share left since the last top-up (the frames received
-            // are taken already, so the ring ran this low): it drains faster than the
-            // worker comes round. (`received` sees the other sign, a full batch.)
-            if !p.grown && self.share < self.ring && h < self.share / 2 {
-                p.grown = true;
-                p.last_rx = now;
             }
             targets[i] = if p.grown {
                 let others = beyond_all - beyond(h);
@@ -113,39 +116,37 @@ mod tests {
     fn with_few_ports_every_ring_is_full_and_nothing_grows() {
         let mut f = FillShares::new(32768, 3, 4096);
         assert_eq!(f.share(), 4096);
+        f.received(0, Nanos(0), 64, 64);
         assert_eq!(plan(&mut f, 0, &[0, 4096, 10]), vec![4096; 3]);
     }
 
     #[test]
-    fn a_ring_that_runs_low_grows_to_a_full_ring_and_shrinks_when_idle() {
+    fn a_port_the_worker_fell_behind_on_grows_to_a_full_ring_and_shrinks_when_idle() {
         // The uplink and 101 pods: 160 frames each.
         let mut f = FillShares::new(32768, 102, 4096);
         let share = f.share();
         assert_eq!(share, 160);
         let mut held = vec![share; 102];
         assert_eq!(plan(&mut f, 0, &held), vec![share; 102], "all quiet");
-        held[7] = 10;
-        f.received(7, Nanos(MS), false);
+        f.received(7, Nanos(MS), 64, 64);
+        held[7] = share - 64;
         let t = plan(&mut f, MS, &held);
-        assert_eq!(t[7], 4096, "the busy pod gets a whole ring");
+        assert_eq!(t[7], 4096, "a full batch: the busy pod gets a whole ring");
         assert!(t.iter().enumerate().all(|(i, &x)| i == 7 || x == share));
         held[7] = 4096;
-        f.received(7, Nanos(500 * MS), false);
+        f.received(7, Nanos(500 * MS), 1, 64);
         assert_eq!(plan(&mut f, 600 * MS, &held)[7], 4096, "still busy");
         assert_eq!(
             plan(&mut f, 1600 * MS, &held)[7],
             share,
             "idle for a second"
         );
-        // A full batch: the worker fell behind, though the ring is not low yet.
-        f.received(9, Nanos(1700 * MS), true);
+        // Half the share at once, with batches larger than that.
+        f.received(9, Nanos(1700 * MS), 80, 256);
         assert_eq!(plan(&mut f, 1700 * MS, &held)[9], 4096);
-        f.received(10, Nanos(1700 * MS), false);
-        assert_eq!(
-            plan(&mut f, 1700 * MS, &held)[10],
-            share,
-            "a short batch is no sign"
-        );
+        f.received(10, Nanos(1700 * MS), 63, 64);
+        let t = plan(&mut f, 1700 * MS, &held);
+        assert_eq!(t[10], share, "a short batch is no sign");
     }
 
     #[test]
@@ -155,12 +156,13 @@ mod tests {
         let share = f.share();
         let mut held = vec![share; 102];
         // Pods 1 and 2 were busy, got whole rings, and fell silent holding them.
-        held[1] = 0;
-        held[2] = 0;
+        f.received(1, Nanos(0), 64, 64);
+        f.received(2, Nanos(0), 64, 64);
         let t = plan(&mut f, 0, &held);
         assert_eq!((t[1], t[2]), (4096, 4096));
         held[1] = 4096;
         held[2] = 4096;
+        assert_eq!(f.beyond(&held), 2 * (4096 - share));
         let t = plan(&mut f, 2000 * MS, &held);
         assert_eq!(
             (t[1], t[2]),
@@ -168,7 +170,7 @@ mod tests {
             "shrunk, but they hold their frames"
         );
         // Pod 3 turns busy: only what pods 1 and 2 do not hold is left for it.
-        held[3] = 0;
+        f.received(3, Nanos(2001 * MS), 64, 64);
         let t = plan(&mut f, 2001 * MS, &held);
         assert_eq!(t[3], share + 8192 - 2 * (4096 - share));
     }
@@ -181,7 +183,12 @@ mod tests {
         fn targets_stay_between_the_share_and_a_ring_and_within_the_budget(
             ports in 1usize..120,
             steps in proptest::collection::vec(
-                (proptest::collection::vec(0usize..4096, 120), 0usize..120, any::<bool>(), 0u64..3000),
+                (
+                    proptest::collection::vec(0usize..4096, 120),
+                    0usize..120,
+                    0usize..300,
+                    0u64..3000,
+                ),
                 1..30,
             ),
         ) {
@@ -190,21 +197,21 @@ mod tests {
             let share = f.share();
             let mut now = 0;
             let mut held = vec![share; ports];
-            for (consumed, busy, full, dt) in steps {
+            for (consumed, busy, n, dt) in steps {
                 now += dt * MS;
-                f.received(busy % ports, Nanos(now), full);
+                f.received(busy % ports, Nanos(now), n, 64);
                 // The kernel took frames from the rings since the last top-up.
                 for (h, c) in held.iter_mut().zip(consumed) {
                     *h = h.saturating_sub(c);
                 }
-                let beyond_before: usize = held.iter().map(|h| h.saturating_sub(share)).sum();
+                let beyond_before = f.beyond(&held);
                 let mut t = vec![0; ports];
                 f.plan(Nanos(now), &held, &mut t);
                 for (h, &target) in held.iter_mut().zip(&t) {
                     prop_assert!((share..=ring).contains(&target));
                     *h = (*h).max(target);
                 }
-                let beyond: usize = held.iter().map(|h| h.saturating_sub(share)).sum();
+                let beyond = f.beyond(&held);
                 prop_assert!(beyond <= f.budget.max(beyond_before), "{beyond} > {}", f.budget);
             }
         }
