@@ -115,8 +115,10 @@ fn frame_size(a: &RunArgs) -> FrameSize {
     }
 }
 
-/// Everything that can be checked before attaching anything.
-fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
+/// Everything that can be checked before attaching anything: the ports, and how
+/// many queues each is served on (`--queues`, or fewer on a pod veth that has fewer;
+/// its frames then all go to the first workers).
+fn preflight(a: &RunArgs) -> Result<(Vec<Port>, SocketSlots)> {
     // SAFETY: plain libc getter.
     if unsafe { libc::geteuid() } != 0 {
         bail!("kxdp run needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK) to attach XDP and open AF_XDP sockets");
@@ -135,17 +137,19 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
         );
     }
     let mut ports = Vec::new();
+    let mut queues = Vec::new();
     let all = std::iter::once((&a.uplink, PortRole::Uplink))
         .chain(a.pod_ifaces.iter().map(|p| (p, PortRole::Pod)));
     for (name, role) in all {
         steer::ifindex(name).map_err(|_| anyhow::anyhow!("interface {name} does not exist"))?;
         let have = rx_queues(name)?;
-        if a.queues > have {
+        if a.queues > have && role == PortRole::Uplink {
             bail!(
-                "interface {name} has no queue {}: it has {have}; see --queues",
+                "the uplink {name} has no queue {}: it has {have}; see --queues",
                 a.queues - 1
             );
         }
+        queues.push(a.queues.min(have).max(1));
         if have > a.queues {
             tracing::warn!(
                 "interface {name} has {have} queues and kxdp serves {}: what arrives on \
@@ -202,14 +206,22 @@ fn preflight(a: &RunArgs) -> Result<Vec<Port>> {
             std::io::Error::last_os_error()
         );
     }
-    Ok(ports)
+    let slots = SocketSlots::new(queues).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} interfaces on up to {} queues are more than the {MAX_SOCKETS} AF_XDP \
+             sockets kxdp serves",
+            ports.len(),
+            a.queues
+        )
+    })?;
+    Ok((ports, slots))
 }
 
 /// Runs until SIGINT/SIGTERM. The source's `load` rebuilds the snapshot when
 /// `changes` moves (at most once per `--min-sync-period`, so a burst of changes is one
 /// rebuild) or on SIGHUP; objects that do not load keep the last good snapshot.
 pub fn run(a: RunArgs, source: &Source) -> Result<()> {
-    let ports = preflight(&a)?;
+    let (ports, slots) = preflight(&a)?;
     let sync_metrics = SyncMetrics::default();
     let mut seen = (source.changes)();
     let started = Instant::now();
@@ -226,20 +238,13 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     };
     let vtep: Ipv4Addr = snap.node.vtep_ip;
     let vxlan_port = a.pipeline.vxlan_port;
-    let slots = SocketSlots::new(ports.len(), a.queues).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{} interfaces × {} queues is more than the {MAX_SOCKETS} AF_XDP sockets kxdp serves",
-            ports.len(),
-            a.queues
-        )
-    })?;
-    let mut steering = Steering::load(slots)?;
+    let mut steering = Steering::load(&slots)?;
     for (i, p) in ports.iter().enumerate() {
         let role = match p.role {
             PortRole::Uplink => Role::Uplink,
             PortRole::Pod => Role::Pod,
         };
-        steering.attach(&p.name, role, mode, slots, i as u32)?;
+        steering.attach(&p.name, role, mode, &slots, i as u32)?;
     }
     let started = Instant::now();
     steering.sync(&snap, &[a.gateway_ip])?;
@@ -291,6 +296,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             cfg,
             pool,
             pcfg,
+            &slots,
             shared,
             arp,
             |port, queue, fd| steering.register_socket(slots.key(port.0 as u32, queue), fd),

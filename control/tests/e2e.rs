@@ -313,6 +313,53 @@ fn node_port_from_the_underlay_with_external_traffic_policy_cluster_and_local() 
     }
 }
 
+/// Two workers on a two-queue uplink, the pods on single-queue veths as a CNI makes
+/// them: worker 0 alone has a socket on each pod, so what worker 1 translates for a
+/// pod is transmitted through worker 0. NodePort connections from the underlay land
+/// on either uplink queue by flow hash; with externalTrafficPolicy Local they all go
+/// to the pod on node1, and none may need a retransmission.
+#[test]
+fn two_workers_serve_single_queue_pods_through_the_worker_that_has_their_queue() {
+    let name = "two_workers_serve_single_queue_pods_through_the_worker_that_has_their_queue";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::with_queues_on(name, &[10, 11], &[], 2, 1);
+    let (client, backend) = (t.pod(1, 10), t.pod(1, 11));
+    let _http = t.server(backend, "http", HTTP_SERVER, HTTP_PORT);
+    let web = Service::tcp("web", [198, 19, 0, 13], 80, HTTP_PORT)
+        .node_port(30081, true)
+        .endpoints(&[backend]);
+    let kxdp = t.start_kxdp(&t.write_objects(std::slice::from_ref(&web)));
+    // From a pod: its frames reach worker 0 only.
+    let r = t.http_get(&client.ns, &web.cluster_url());
+    assert_eq!(r.backend, backend.ip, "{r:?}");
+    // The underlay client's first connection teaches both workers its MAC.
+    let base = format!("http://{NODE1_IP}:30081/");
+    requests(&t, &t.client, &base, 4, &kxdp);
+    let lost = || {
+        net_counter(&t, &t.client, "TcpExtTCPSynRetrans")
+            + net_counter(&t, &backend.ns, "TcpRetransSegs")
+    };
+    let before = lost();
+    // 2^-20 that all 20 land on one queue.
+    const N: usize = 20;
+    for r in requests(&t, &t.client, &base, N, &kxdp) {
+        assert_eq!(r.backend, backend.ip, "{r:?}");
+        assert_eq!(
+            *r.client.ip(),
+            CLIENT_IP,
+            "Local keeps the client address: {r:?}"
+        );
+    }
+    assert_eq!(
+        lost() - before,
+        0,
+        "retransmissions for {N} NodePort connections: frames were lost\n{}",
+        kxdp.log()
+    );
+}
+
 /// The `echoed N` count a LONG_LIVED_CLIENT line reports.
 fn echoed(line: &str) -> Option<u32> {
     line.strip_prefix("echoed ")?.parse().ok()

@@ -1,4 +1,7 @@
-//! A worker: one pinned thread serving one queue of every interface kxdp serves.
+//! A worker: one pinned thread serving one queue of every interface kxdp serves
+//! (worker `q` serves queue `q`). An interface with fewer queues than there are
+//! workers, such as a pod veth with one, is served by the first workers only; the
+//! others hand what they transmit on it to one of those ([`Fleet::transmit`]).
 //!
 //! The loop is the `quinn` to the pipeline's `quinn-proto`: it moves frames between
 //! rings and the sans-IO [`Pipeline`], picks up new snapshots between batches, sends
@@ -31,7 +34,7 @@ use crate::verdict::{Counters, PortId, Verdict};
 use crate::xsk::fill::FillShares;
 use crate::xsk::port::{BindError, BindMode, SocketStats, XskPort};
 use crate::xsk::sleep::{Sleeper, Wake};
-use crate::xsk::steer::SteerError;
+use crate::xsk::steer::{SocketSlots, SteerError};
 use crate::xsk::umem::FramePool;
 
 /// How often a worker sweeps expired flows and publishes its counters.
@@ -64,11 +67,29 @@ pub struct Handed {
     pub ingress: PortId,
 }
 
+/// A finished frame on its way to a worker with a socket on its egress port.
+#[derive(Clone, Copy, Debug)]
+pub struct Transmit {
+    pub desc: FrameDesc,
+    pub port: PortId,
+}
+
+/// How a worker transmits on a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Egress {
+    /// On its own socket, `Worker::ports[i]`.
+    Own(usize),
+    /// Through worker `w`: the port has no queue for this worker.
+    Via(usize),
+}
+
 /// What all workers of a node share besides the snapshot: handoff queues (one per
 /// worker) and spare frames (so that a worker that receives many handed frames gives
 /// the surplus back to one that hands many away).
 pub struct Fleet {
     pub handoff: Vec<ArrayQueue<Handed>>,
+    /// Frames for each worker to transmit on a port the sender has no socket on.
+    pub transmit: Vec<ArrayQueue<Transmit>>,
     pub spare: ArrayQueue<FrameDesc>,
     /// Neighbours one worker learned, for each of the others (a reply to the ARP
     /// request one worker sent may arrive on another's queue).
@@ -86,6 +107,7 @@ impl Fleet {
     pub fn new(workers: usize, frames: usize) -> Fleet {
         Fleet {
             handoff: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
+            transmit: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
             spare: ArrayQueue::new(frames.max(1)),
             neighbours: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
             inspect: (0..workers)
@@ -96,7 +118,9 @@ impl Fleet {
 
     /// Frames parked in the fleet's queues (for the frame count at exit).
     pub fn parked(&self) -> usize {
-        self.spare.len() + self.handoff.iter().map(|q| q.len()).sum::<usize>()
+        self.spare.len()
+            + self.handoff.iter().map(|q| q.len()).sum::<usize>()
+            + self.transmit.iter().map(|q| q.len()).sum::<usize>()
     }
 }
 
@@ -152,7 +176,10 @@ pub struct Worker {
     id: usize,
     cfg: WorkerConfig,
     pool: FramePool,
+    /// This worker's sockets: one on its queue of every port that has it.
     ports: Vec<XskPort>,
+    /// Per port (by [`PortId`]): its socket here, or the worker that transmits on it.
+    egress: Vec<Egress>,
     pipeline: Pipeline,
     shared: Shared,
     arp: Box<dyn ArpSteer>,
@@ -169,42 +196,57 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Opens a socket on queue `cfg.queue` of every port, over `pool`'s UMEM;
-    /// `register` puts each socket in the steering program's map (port, queue, fd).
+    /// Opens a socket on queue `cfg.queue` of every port served on it (`slots`), over
+    /// `pool`'s UMEM; `register` puts each socket in the steering program's map
+    /// (port, queue, fd).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         cfg: WorkerConfig,
         pool: FramePool,
         pipeline_cfg: PipelineConfig,
+        slots: &SocketSlots,
         shared: Shared,
         arp: Box<dyn ArpSteer>,
         mut register: impl FnMut(PortId, u32, i32) -> Result<(), SteerError>,
     ) -> Result<Worker, WorkerError> {
         let mut ports = Vec::new();
         let mut pool = pool;
-        let n_ports = pipeline_cfg.ports.len();
-        let fill = FillShares::new(pool.total, n_ports, cfg.ring_size as usize);
+        let served = |pid: PortId| slots.queues(pid.0 as u32);
+        let own = pipeline_cfg
+            .ports
+            .iter()
+            .filter(|&(pid, _)| cfg.queue < served(pid))
+            .count();
+        let fill = FillShares::new(pool.total, own, cfg.ring_size as usize);
+        let mut egress = Vec::with_capacity(pipeline_cfg.ports.len());
         for (pid, p) in pipeline_cfg.ports.iter() {
+            if cfg.queue >= served(pid) {
+                egress.push(Egress::Via((cfg.queue % served(pid)) as usize));
+                continue;
+            }
             let mut port = XskPort::open(&pool, pid, &p.name, cfg.queue, cfg.ring_size, cfg.bind)?;
             // Frames to receive into before the steering program sends any: the
             // kernel drops what finds the fill ring empty.
             port.refill(&mut pool.free, fill.share());
             register(pid, cfg.queue, port.fd())?;
+            egress.push(Egress::Own(ports.len()));
             ports.push(port);
         }
-        let out = vec![Vec::with_capacity(cfg.batch_size.max(1) * 2); ports.len()];
+        let out = vec![Vec::with_capacity(cfg.batch_size.max(1) * 2); egress.len()];
         let sleeper = Sleeper::new(ports.iter().map(|p| p.fd()))?;
         Ok(Worker {
             sleeper,
             rx_batches: 0,
             fill,
-            held: vec![0; n_ports],
-            fill_targets: vec![0; n_ports],
+            held: vec![0; own],
+            fill_targets: vec![0; own],
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
             pool,
             ports,
+            egress,
             shared,
             arp,
             out,
@@ -301,16 +343,12 @@ impl Worker {
             }
             self.share_neighbours(now);
             self.send_arp_requests(snap);
-            for (p, descs) in self.ports.iter_mut().zip(self.out.iter_mut()) {
-                if descs.is_empty() {
-                    continue;
-                }
-                let sent = p.send(descs);
-                // A full TX ring drops the rest (the kernel counts tx ring full).
-                self.pool.free.extend_from_slice(&descs[sent..]);
-                descs.clear();
-                p.kick();
+            // Frames other workers finished for ports they have no socket on.
+            while let Some(t) = self.shared.fleet.transmit[self.id].pop() {
+                work += 1;
+                self.out[t.port.0 as usize].push(t.desc);
             }
+            self.transmit();
             self.balance_frames();
             if now >= next_chores {
                 self.pipeline.housekeeping(now, 1024);
@@ -420,6 +458,37 @@ impl Worker {
         }
         while let Some((ip, n)) = queues[self.id].pop() {
             self.pipeline.neighbours_mut().learn(ip, n, now);
+        }
+    }
+
+    /// Puts every port's frames on its TX ring and kicks it, or hands them to the
+    /// worker that has a socket on the port.
+    fn transmit(&mut self) {
+        for (port, descs) in self.out.iter_mut().enumerate() {
+            if descs.is_empty() {
+                continue;
+            }
+            match self.egress[port] {
+                Egress::Own(i) => {
+                    let p = &mut self.ports[i];
+                    let sent = p.send(descs);
+                    // A full TX ring drops the rest (the kernel counts tx ring full).
+                    self.pool.free.extend_from_slice(&descs[sent..]);
+                    descs.clear();
+                    p.kick();
+                }
+                Egress::Via(w) => {
+                    let port = PortId(port as u16);
+                    for desc in descs.drain(..) {
+                        if self.shared.fleet.transmit[w]
+                            .push(Transmit { desc, port })
+                            .is_err()
+                        {
+                            self.pool.free.push(desc);
+                        }
+                    }
+                }
+            }
         }
     }
 

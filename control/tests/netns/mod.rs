@@ -223,7 +223,7 @@ pub struct Topology {
     pub dir: PathBuf,
     /// Every namespace created so far, deleted on drop.
     namespaces: Vec<String>,
-    /// Queues of node1's veths (and kxdp's `--queues`).
+    /// Queues of node1's uplink (and kxdp's `--queues`).
     pub queues: u32,
 }
 
@@ -235,6 +235,18 @@ impl Topology {
     /// A topology whose node1 veths have `queues` queues each, so that a flow's
     /// request and reply can arrive on different queues (different kxdp workers).
     pub fn with_queues(test: &str, node1_pods: &[u8], node2_pods: &[u8], queues: u32) -> Topology {
+        Topology::with_queues_on(test, node1_pods, node2_pods, queues, queues)
+    }
+
+    /// A topology whose node1 uplink has `queues` queues and its pods' veths
+    /// `pod_queues` (a CNI makes them single-queue unless told otherwise).
+    pub fn with_queues_on(
+        test: &str,
+        node1_pods: &[u8],
+        node2_pods: &[u8],
+        queues: u32,
+        pod_queues: u32,
+    ) -> Topology {
         SWEEP.call_once(sweep_stale);
         let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed);
         let id = format!("{PREFIX}-{}-{n}", std::process::id());
@@ -253,6 +265,7 @@ impl Topology {
             queues,
         };
         let mq = format!("numtxqueues {queues} numrxqueues {queues}");
+        let pod_mq = format!("numtxqueues {pod_queues} numrxqueues {pod_queues}");
         let pods = node1_pods
             .iter()
             .map(|&h| (1u8, h))
@@ -307,7 +320,7 @@ impl Topology {
         for p in &t.pods {
             let node = if p.node == 1 { &n1 } else { &n2 };
             let (pod, host_if, addr) = (&p.ns, &p.host_if, p.ip);
-            let q = if p.node == 1 { mq.as_str() } else { "" };
+            let q = if p.node == 1 { pod_mq.as_str() } else { "" };
             ip(&format!(
                 "-n {node} link add {host_if} {q} type veth peer name eth0 {q} netns {pod}"
             ));

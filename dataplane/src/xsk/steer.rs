@@ -21,40 +21,61 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 /// The most queues (workers) kxdp serves on each interface.
 pub const MAX_QUEUES: u32 = 64;
 
-/// Where each AF_XDP socket sits in the XSKMAP: interface `i`'s sockets have keys
-/// `i × queues + queue`, so the map holds exactly `interfaces × queues` of them and
-/// is sized so when the program loads. (A fixed stride per interface once capped a
-/// node at 16 interfaces, the uplink and 15 pods.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where each AF_XDP socket sits in the XSKMAP. Interface `i` is served on its first
+/// `queues(i)` queues (at most `--queues`: a pod veth usually has one), and its
+/// sockets have the keys `base(i) .. base(i) + queues(i)`, packed one interface after
+/// the other, so the map holds exactly as many keys as there are sockets and is sized
+/// so when the program loads. (A fixed stride of 64 keys an interface in a
+/// 1024-entry map once capped a node at 16 interfaces, the uplink and 15 pods.)
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketSlots {
-    interfaces: u32,
-    queues: u32,
+    queues: Vec<u32>,
+    base: Vec<u32>,
+    total: u32,
 }
 
 impl SocketSlots {
-    /// `None` when there are no interfaces or queues, or more of them than the
-    /// steering maps can be sized for.
-    pub fn new(interfaces: usize, queues: u32) -> Option<SocketSlots> {
-        let interfaces = u32::try_from(interfaces).ok()?;
-        let total = interfaces.checked_mul(queues)?;
-        (interfaces > 0 && queues > 0 && total <= MAX_SOCKETS)
-            .then_some(SocketSlots { interfaces, queues })
+    /// Slots for interfaces served on `queues[i]` queues each. `None` when there is
+    /// no interface, one with no queue, or more sockets than [`MAX_SOCKETS`].
+    pub fn new(queues: Vec<u32>) -> Option<SocketSlots> {
+        let mut base = Vec::with_capacity(queues.len());
+        let mut total: u32 = 0;
+        for &q in &queues {
+            if q == 0 {
+                return None;
+            }
+            base.push(total);
+            total = total.checked_add(q)?;
+        }
+        (!queues.is_empty() && total <= MAX_SOCKETS).then_some(SocketSlots {
+            queues,
+            base,
+            total,
+        })
     }
 
-    /// The first key of interface `i` (its position among the ports).
-    pub fn base(self, i: u32) -> u32 {
-        debug_assert!(i < self.interfaces);
-        i * self.queues
+    /// How many queues interface `i` (its position among the ports) is served on.
+    pub fn queues(&self, i: u32) -> u32 {
+        self.queues[i as usize]
+    }
+
+    /// The first key of interface `i`.
+    pub fn base(&self, i: u32) -> u32 {
+        self.base[i as usize]
     }
 
     /// The key of interface `i`'s socket on `queue`.
-    pub fn key(self, i: u32, queue: u32) -> u32 {
-        debug_assert!(queue < self.queues);
+    pub fn key(&self, i: u32, queue: u32) -> u32 {
+        debug_assert!(queue < self.queues(i));
         self.base(i) + queue
     }
 
-    fn total(self) -> u32 {
-        self.interfaces * self.queues
+    fn total(&self) -> u32 {
+        self.total
+    }
+
+    fn interfaces(&self) -> u32 {
+        self.queues.len() as u32
     }
 }
 
@@ -167,14 +188,14 @@ fn lpm_key(ip: Ipv4Addr, prefix: u8) -> [u8; 8] {
 
 impl Steering {
     /// Loads the program with its XSKMAP and interface map sized for `slots`.
-    pub fn load(slots: SocketSlots) -> Result<Steering, SteerError> {
+    pub fn load(slots: &SocketSlots) -> Result<Steering, SteerError> {
         let mut open = ObjectBuilder::default()
             .open_memory(OBJECT)
             .map_err(SteerError::Load)?;
         for mut m in open.maps_mut() {
             let size = match m.name().to_str() {
                 Some("xsks") => slots.total(),
-                Some("ifaces") => slots.interfaces,
+                Some("ifaces") => slots.interfaces(),
                 _ => continue,
             };
             m.set_max_entries(size).map_err(SteerError::Load)?;
@@ -220,14 +241,14 @@ impl Steering {
         iface: &str,
         role: Role,
         mode: XdpMode,
-        slots: SocketSlots,
+        slots: &SocketSlots,
         i: u32,
     ) -> Result<u32, SteerError> {
         let ifindex = ifindex(iface)?;
         let mut value = [0u8; 12];
         value[0..4].copy_from_slice(&slots.base(i).to_ne_bytes());
         value[4..8].copy_from_slice(&(role as u32).to_ne_bytes());
-        value[8..12].copy_from_slice(&slots.queues.to_ne_bytes());
+        value[8..12].copy_from_slice(&slots.queues(i).to_ne_bytes());
         self.update("ifaces", &ifindex.to_ne_bytes(), &value)?;
         let prog = self
             .obj
@@ -561,19 +582,22 @@ mod tests {
 
     #[test]
     fn socket_slots_give_every_interface_and_queue_its_own_key_densely() {
-        let slots = SocketSlots::new(3, 2).unwrap();
+        // An uplink on 2 queues, a pod veth on 1, another on 2.
+        let slots = SocketSlots::new(vec![2, 1, 2]).unwrap();
         let keys: Vec<u32> = (0..3)
-            .flat_map(|i| (0..2).map(move |q| slots.key(i, q)))
+            .flat_map(|i| (0..slots.queues(i)).map(move |q| (i, q)))
+            .map(|(i, q)| slots.key(i, q))
             .collect();
-        assert_eq!(keys, (0..6).collect::<Vec<_>>());
-        assert_eq!(slots.total(), 6, "the map is sized to the keys");
-        assert_eq!(SocketSlots::new(0, 1), None);
-        assert_eq!(SocketSlots::new(1, 0), None);
+        assert_eq!(keys, (0..5).collect::<Vec<_>>());
+        assert_eq!(slots.total(), 5, "the map is sized to the keys");
+        assert_eq!(SocketSlots::new(vec![]), None);
+        assert_eq!(SocketSlots::new(vec![1, 0]), None);
+        let most = vec![1; MAX_SOCKETS as usize];
         assert_eq!(
-            SocketSlots::new(MAX_SOCKETS as usize, 1).map(|s| s.total()),
+            SocketSlots::new(most.clone()).map(|s| s.total()),
             Some(MAX_SOCKETS)
         );
-        assert_eq!(SocketSlots::new(MAX_SOCKETS as usize, 2), None);
+        assert_eq!(SocketSlots::new([most, vec![1]].concat()), None);
     }
 
     /// Syncing a patched snapshot by difference leaves the maps as a full sync of it
@@ -584,8 +608,8 @@ mod tests {
             return;
         }
         let first = snapshot(&[port(1, &[10, 11]), port(2, &[11])]);
-        let slots = SocketSlots::new(2, 1).unwrap();
-        let mut steering = Steering::load(slots).unwrap();
+        let slots = SocketSlots::new(vec![1, 1]).unwrap();
+        let mut steering = Steering::load(&slots).unwrap();
         steering.sync(&first, &[]).unwrap();
         assert_eq!(keys(&steering, "frontends").len(), 2);
         assert_eq!(keys(&steering, "endpoints").len(), 2);
@@ -594,7 +618,7 @@ mod tests {
         let moved = Arc::new(ServicePort::new(port(1, &[12]), 251));
         let second = Arc::new(first.with_ports(2, &[(ServiceId(0), moved)]).unwrap());
         steering.sync(&second, &[]).unwrap();
-        let mut fresh = Steering::load(slots).unwrap();
+        let mut fresh = Steering::load(&slots).unwrap();
         fresh.sync(&second, &[]).unwrap();
         for map in ["frontends", "endpoints", "pod_cidrs", "host_addrs"] {
             assert_eq!(keys(&steering, map), keys(&fresh, map), "{map}");
