@@ -151,7 +151,8 @@ pub struct RunArgs {
     /// CPU cores to pin workers to, in order (e.g. 1 or 0,1); unpinned when absent.
     #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
     pub cores: Vec<usize>,
-    /// Queues served on every interface: one worker per queue.
+    /// Workers, one per queue: worker q serves queue q of every interface that has
+    /// it (the uplink must have them all; a single-queue pod veth is worker 0's).
     #[arg(long, default_value_t = 1)]
     pub queues: u32,
     /// Where the steering program runs: in the driver (native) or generic (skb).

@@ -148,6 +148,12 @@ impl Collector for DataplaneMetrics {
         )?;
         counter(
             &mut enc,
+            "kxdp_tx_handed",
+            "Frames handed to another worker to transmit, on a port with no queue for this one.",
+            &per_worker(&|c| c.handed_tx),
+        )?;
+        counter(
+            &mut enc,
             "kxdp_rx_batches",
             "RX batches that brought frames (rx_packets / rx_batches is the mean batch size).",
             &status

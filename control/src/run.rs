@@ -329,6 +329,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
     ];
     let wakers: Vec<_> = workers.iter().map(|w| w.waker()).collect();
+    fleet.set_wakers(wakers.clone());
     // Removed when `run` returns, however it returns.
     let _admin = admin::serve(
         &a.admin_socket,
@@ -478,7 +479,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     // Steering off first: from here on the kernel gets everything (fail open).
     steering.set_enabled(false, vtep, vxlan_port)?;
     stop.store(true, Ordering::Relaxed);
-    let mut accounted = fleet.parked();
+    let mut accounted = 0;
     let mut failed = false;
     for (q, h) in handles.into_iter().enumerate() {
         match h.join() {
@@ -493,6 +494,8 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             }
         }
     }
+    // Only now: until every worker has stopped, one may still queue frames for another.
+    accounted += fleet.parked();
     let leaked = !failed && accounted != total_frames as usize;
     if leaked {
         tracing::error!(accounted, total = total_frames, "frames leaked");

@@ -339,10 +339,10 @@ fn two_workers_serve_single_queue_pods_through_the_worker_that_has_their_queue()
     requests(&t, &t.client, &base, 4, &kxdp);
     let lost = || {
         net_counter(&t, &t.client, "TcpExtTCPSynRetrans")
+            + net_counter(&t, &t.client, "TcpRetransSegs")
             + net_counter(&t, &backend.ns, "TcpRetransSegs")
     };
     let before = lost();
-    // 2^-20 that all 20 land on one queue.
     const N: usize = 20;
     for r in requests(&t, &t.client, &base, N, &kxdp) {
         assert_eq!(r.backend, backend.ip, "{r:?}");
@@ -358,6 +358,18 @@ fn two_workers_serve_single_queue_pods_through_the_worker_that_has_their_queue()
         "retransmissions for {N} NodePort connections: frames were lost\n{}",
         kxdp.log()
     );
+    // Worker 1 did take connections, and sent their frames to the pod via worker 0.
+    let metrics = t
+        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    let handed = sample(&metrics, "kxdp_tx_handed_total{worker=\"1\"}").unwrap_or(0.0);
+    assert!(
+        handed > 0.0,
+        "worker 1 handed nothing to transmit:\n{metrics}"
+    );
+    let (status, log) = kxdp.stop();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(log.contains("all frames accounted for"), "{log}");
 }
 
 /// The `echoed N` count a LONG_LIVED_CLIENT line reports.

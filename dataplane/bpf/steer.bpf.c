@@ -17,13 +17,14 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-/* Map sizes kxdp sets at load time (interfaces × queues, interfaces): placeholders. */
+/* Map sizes kxdp sets at load time (sockets, interfaces): placeholders. */
 #define MAX_SOCKETS 1024
 #define MAX_IFACES 1024
 #define ROLE_UPLINK 1
 #define ROLE_POD 2
 
-/* key: the ingress interface's slot base + rx queue (interface × queues + queue);
+/* key: the ingress interface's first key + rx queue (each interface's served queues
+ * packed after the previous interface's);
  * value: AF_XDP socket fd */
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);

@@ -59,6 +59,7 @@ drop_reasons! {
     TooBig => "too_big", "Too big for the underlay after encapsulation.";
     OverlayLoop => "overlay_loop", "Decapsulated traffic that would be encapsulated again.";
     FlowClash => "flow_clash", "The translated tuple is already another flow's.";
+    WorkerQueueFull => "worker_queue_full", "A frame for another worker (its flow's owner, or the one transmitting on its port) found that worker's queue full.";
 }
 
 /// Per-worker counters; the worker exports them, the pipeline only adds.
@@ -77,6 +78,9 @@ pub struct Counters {
     pub arp_learned: u64,
     /// Frames handed to the worker that owns their flow.
     pub handoffs: u64,
+    /// Frames handed to another worker to transmit, on a port with no queue for this
+    /// worker (counted by the worker, not the pipeline).
+    pub handed_tx: u64,
 }
 
 impl Counters {

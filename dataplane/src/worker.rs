@@ -11,7 +11,8 @@
 //! busy-poll.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::pipeline::{Config as PipelineConfig, Pipeline};
 use crate::ports::PortRole;
 use crate::resolve::Via;
 use crate::snapshot::{Mac, Snapshot};
-use crate::verdict::{Counters, PortId, Verdict};
+use crate::verdict::{Counters, DropReason, PortId, Verdict};
 use crate::xsk::fill::FillShares;
 use crate::xsk::port::{BindError, BindMode, SocketStats, XskPort};
 use crate::xsk::sleep::{Sleeper, Wake};
@@ -97,6 +98,10 @@ pub struct Fleet {
     /// Inspection queries for each worker (`kxdp flows`, `kxdp explain`), answered
     /// with the chores between batches; see [`crate::inspect`].
     pub inspect: Vec<ArrayQueue<FlowQuery>>,
+    /// Set by each worker while it sleeps, so that one handing it frames wakes it
+    /// ([`Fleet::nudge`]) rather than leaving them until its poll times out.
+    sleeping: Vec<AtomicBool>,
+    wakers: OnceLock<Vec<Arc<Wake>>>,
 }
 
 /// Inspection queries a worker holds at most; more are refused (the admin socket
@@ -113,7 +118,37 @@ impl Fleet {
             inspect: (0..workers)
                 .map(|_| ArrayQueue::new(INSPECT_QUEUE))
                 .collect(),
+            sleeping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            wakers: OnceLock::new(),
         }
+    }
+
+    /// The workers' wakers, by worker; set once, before they run.
+    pub fn set_wakers(&self, wakers: Vec<Arc<Wake>>) {
+        let _ = self.wakers.set(wakers);
+    }
+
+    /// Wakes the workers in `mask` (bit `w` for worker `w`) that sleep, after frames
+    /// were queued for them. The fence pairs with the one in [`Worker::run`] between
+    /// a worker marking itself asleep and looking at its queues one last time:
+    /// either it sees the frames, or this sees it asleep.
+    fn nudge(&self, mask: u64) {
+        if mask == 0 {
+            return;
+        }
+        fence(Ordering::SeqCst);
+        for (w, sleeping) in self.sleeping.iter().enumerate() {
+            if mask & (1 << w) != 0 && sleeping.swap(false, Ordering::Relaxed) {
+                if let Some(wake) = self.wakers.get().and_then(|ws| ws.get(w)) {
+                    let _ = wake.wake();
+                }
+            }
+        }
+    }
+
+    /// Whether frames wait in worker `w`'s queues.
+    fn has_frames_for(&self, w: usize) -> bool {
+        !self.handoff[w].is_empty() || !self.transmit[w].is_empty()
     }
 
     /// Frames parked in the fleet's queues (for the frame count at exit).
@@ -193,6 +228,12 @@ pub struct Worker {
     /// its fill ring up to.
     held: Vec<usize>,
     fill_targets: Vec<usize>,
+    /// Workers this loop queued frames for (bit per worker), woken if they sleep.
+    nudge: u64,
+    /// Counted here, not by the pipeline: frames handed to another worker to
+    /// transmit, and frames lost to a full queue of another worker.
+    handed_tx: u64,
+    queue_full: u64,
 }
 
 impl Worker {
@@ -241,6 +282,9 @@ impl Worker {
             fill,
             held: vec![0; own],
             fill_targets: vec![0; own],
+            nudge: 0,
+            handed_tx: 0,
+            queue_full: 0,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -343,12 +387,17 @@ impl Worker {
             }
             self.share_neighbours(now);
             self.send_arp_requests(snap);
-            // Frames other workers finished for ports they have no socket on.
-            while let Some(t) = self.shared.fleet.transmit[self.id].pop() {
+            // Frames other workers finished for ports they have no socket on; a batch
+            // a loop, as for handoffs, so a TX ring takes them with this worker's own.
+            for _ in 0..batch {
+                let Some(t) = self.shared.fleet.transmit[self.id].pop() else {
+                    break;
+                };
                 work += 1;
                 self.out[t.port.0 as usize].push(t.desc);
             }
             self.transmit();
+            self.shared.fleet.nudge(std::mem::take(&mut self.nudge));
             self.balance_frames();
             if now >= next_chores {
                 self.pipeline.housekeeping(now, 1024);
@@ -358,14 +407,7 @@ impl Worker {
                 next_chores = Nanos(now.0 + CHORES_EVERY.0);
             }
             if work == 0 && !self.cfg.busy_poll {
-                let waiting =
-                    self.ports.iter().any(|p| p.in_tx > 0) || self.shared.fleet.handoff.len() > 1;
-                let timeout = if waiting {
-                    Duration::from_millis(1)
-                } else {
-                    Duration::from_millis(50)
-                };
-                self.sleeper.sleep(timeout)?;
+                self.sleep()?;
             }
         }
         self.publish(current.generation);
@@ -435,8 +477,10 @@ impl Worker {
                     .push(handed)
                     .is_err()
                 {
+                    self.queue_full += 1;
                     self.pool.free.push(*desc);
                 }
+                self.nudge |= 1 << worker;
             }
             // Nothing reaches kxdp that the kernel should have (the steering program
             // keeps it there), and a handed frame is never handed on: recycle.
@@ -461,6 +505,24 @@ impl Worker {
         }
     }
 
+    /// Sleeps on the sockets until traffic, a wake-up, or a timeout: 1 ms while
+    /// transmissions are in flight (their completions raise no event), else 50 ms.
+    fn sleep(&mut self) -> Result<(), WorkerError> {
+        let fleet = &self.shared.fleet;
+        let sleeping = &fleet.sleeping[self.id];
+        sleeping.store(true, Ordering::Relaxed);
+        // Pairs with the fence in Fleet::nudge: frames queued before it are seen
+        // here, and a worker queueing after it sees this one asleep.
+        fence(Ordering::SeqCst);
+        if !fleet.has_frames_for(self.id) {
+            let waiting = self.ports.iter().any(|p| p.in_tx > 0);
+            let timeout = Duration::from_millis(if waiting { 1 } else { 50 });
+            self.sleeper.sleep(timeout)?;
+        }
+        sleeping.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Puts every port's frames on its TX ring and kicks it, or hands them to the
     /// worker that has a socket on the port.
     fn transmit(&mut self) {
@@ -482,11 +544,15 @@ impl Worker {
                     for desc in descs.drain(..) {
                         if self.shared.fleet.transmit[w]
                             .push(Transmit { desc, port })
-                            .is_err()
+                            .is_ok()
                         {
+                            self.handed_tx += 1;
+                        } else {
+                            self.queue_full += 1;
                             self.pool.free.push(desc);
                         }
                     }
+                    self.nudge |= 1 << w;
                 }
             }
         }
@@ -549,6 +615,8 @@ impl Worker {
             s.rx_batches = self.rx_batches;
             s.sockets = sockets;
             s.counters = self.pipeline.counters().clone();
+            s.counters.handed_tx = self.handed_tx;
+            s.counters.drops[DropReason::WorkerQueueFull as usize] += self.queue_full;
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;
             s.services.clear();

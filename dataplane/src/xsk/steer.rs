@@ -79,8 +79,9 @@ impl SocketSlots {
     }
 }
 
-/// The most sockets the XSKMAP is sized for (interfaces × queues): far beyond a node's
-/// pods (Kubernetes' default is 110 a node), and a bound on the map's memory.
+/// The most sockets the XSKMAP is sized for (served queues of all interfaces): far
+/// beyond a node's pods (Kubernetes' default is 110 a node), and a bound on the map's
+/// memory.
 pub const MAX_SOCKETS: u32 = 1 << 16;
 
 /// How the program runs on an interface (`--xdp-mode`).
