@@ -393,10 +393,15 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         if forced || (dirty && last_sync.elapsed() >= a.objects.min_sync_period) {
             dirty = false;
             last_sync = Instant::now();
-            match (source.load)(generation + 1) {
+            // A snapshot the steering maps cannot take (one too big for a map) is
+            // refused like objects that do not load: the last good one keeps serving.
+            let loaded = (source.load)(generation + 1).and_then(|snap| {
+                steering.sync(&snap, &[a.gateway_ip])?;
+                Ok(snap)
+            });
+            match loaded {
                 Ok(snap) => {
                     generation += 1;
-                    steering.sync(&snap, &[a.gateway_ip])?;
                     // The old snapshot is freed (by whoever drops it last) after the
                     // workers have been told: not on the way to them.
                     let old = shared_snapshot.swap(snap);

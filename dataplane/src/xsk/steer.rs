@@ -129,6 +129,15 @@ pub enum SteerError {
         map: &'static str,
         err: libbpf_rs::Error,
     },
+    #[error(
+        "steering map {map} holds {max} entries and this snapshot needs {need} \
+         (old and new entries are both in it while it changes); the maps are unchanged"
+    )]
+    Full {
+        map: &'static str,
+        need: usize,
+        max: u32,
+    },
 }
 
 /// The interface index of `name`, or an error naming it.
@@ -332,6 +341,15 @@ impl Steering {
         Ok(())
     }
 
+    /// Fails, having changed nothing, when `map` cannot hold `need` entries.
+    fn room(&self, map: &'static str, need: usize) -> Result<(), SteerError> {
+        let max = self.map(map)?.max_entries();
+        if need > max as usize {
+            return Err(SteerError::Full { map, need, max });
+        }
+        Ok(())
+    }
+
     /// The local endpoints of the ports `snap` replaced in `last`.
     fn sync_ports(&mut self, last: &Snapshot, snap: &Snapshot) -> Result<(), SteerError> {
         let changed: Vec<(&ServicePort, &ServicePort)> = last
@@ -341,6 +359,13 @@ impl Steering {
             .filter(|(old, new)| !Arc::ptr_eq(old, new))
             .map(|(old, new)| (&**old, &**new))
             .collect();
+        // New endpoints go in before the gone ones go out.
+        let adding: HashSet<[u8; 8]> = changed
+            .iter()
+            .flat_map(|(_, new)| local_endpoints(new))
+            .filter(|k| !self.endpoints.contains_key(k))
+            .collect();
+        self.room("endpoints", self.endpoints.len() + adding.len())?;
         for (_, new) in &changed {
             for k in local_endpoints(new) {
                 let n = self.endpoints.entry(k).or_insert(0);
@@ -385,13 +410,6 @@ impl Steering {
             .chain(snap.remotes().iter().flat_map(|n| n.pod_cidrs.iter()))
             .map(|c| lpm_key(c.addr(), c.prefix()))
             .collect();
-        let old = std::mem::take(&mut self.frontends);
-        self.frontends = self.replace("frontends", old, frontends)?;
-        let old: HashSet<[u8; 8]> = std::mem::take(&mut self.endpoints).into_keys().collect();
-        self.replace("endpoints", old, endpoints.keys().copied().collect())?;
-        self.endpoints = endpoints;
-        let old = std::mem::take(&mut self.pod_cidrs);
-        self.pod_cidrs = self.replace("pod_cidrs", old, pod_cidrs)?;
         let host: HashSet<[u8; 4]> = snap
             .node
             .node_ips
@@ -400,6 +418,41 @@ impl Steering {
             .chain(extra_host_addrs)
             .map(|ip| ip.octets())
             .collect();
+        // Every map's room first, so that a snapshot too big for one changes none.
+        let peak = |old: usize, added: usize| old + added;
+        self.room(
+            "frontends",
+            peak(
+                self.frontends.len(),
+                frontends.difference(&self.frontends).count(),
+            ),
+        )?;
+        let endpoints_added = endpoints
+            .keys()
+            .filter(|k| !self.endpoints.contains_key(*k))
+            .count();
+        self.room("endpoints", peak(self.endpoints.len(), endpoints_added))?;
+        self.room(
+            "pod_cidrs",
+            peak(
+                self.pod_cidrs.len(),
+                pod_cidrs.difference(&self.pod_cidrs).count(),
+            ),
+        )?;
+        self.room(
+            "host_addrs",
+            peak(
+                self.host_addrs.len(),
+                host.difference(&self.host_addrs).count(),
+            ),
+        )?;
+        let old = std::mem::take(&mut self.frontends);
+        self.frontends = self.replace("frontends", old, frontends)?;
+        let old: HashSet<[u8; 8]> = std::mem::take(&mut self.endpoints).into_keys().collect();
+        self.replace("endpoints", old, endpoints.keys().copied().collect())?;
+        self.endpoints = endpoints;
+        let old = std::mem::take(&mut self.pod_cidrs);
+        self.pod_cidrs = self.replace("pod_cidrs", old, pod_cidrs)?;
         for k in host.difference(&self.host_addrs) {
             self.update("host_addrs", k, &[1])?;
         }
@@ -599,6 +652,42 @@ mod tests {
             Some(MAX_SOCKETS)
         );
         assert_eq!(SocketSlots::new([most, vec![1]].concat()), None);
+    }
+
+    /// A snapshot that needs more entries than a steering map holds is refused before
+    /// any map changes: the last one synced stays whole.
+    #[test]
+    fn a_snapshot_too_big_for_a_map_changes_none() {
+        if !root() {
+            return;
+        }
+        let slots = SocketSlots::new(vec![1, 1]).unwrap();
+        let mut steering = Steering::load(&slots).unwrap();
+        let first = snapshot(&[port(1, &[10, 11])]);
+        steering.sync(&first, &[]).unwrap();
+        let before: Vec<_> = ["frontends", "endpoints", "host_addrs"]
+            .map(|m| keys(&steering, m))
+            .into();
+        // host_addrs holds 256: the node's addresses and 300 more do not fit.
+        let many: Vec<Ipv4Addr> = (0..300u32)
+            .map(|i| Ipv4Addr::from(0xc612_0000 + i))
+            .collect();
+        let second = snapshot(&[port(1, &[12]), port(2, &[13])]);
+        match steering.sync(&second, &many) {
+            Err(SteerError::Full {
+                map: "host_addrs",
+                need,
+                max: 256,
+            }) => assert!(need > 300),
+            other => panic!("expected host_addrs to be full, got {other:?}"),
+        }
+        let after: Vec<_> = ["frontends", "endpoints", "host_addrs"]
+            .map(|m| keys(&steering, m))
+            .into();
+        assert_eq!(before, after, "no map changed");
+        // The next snapshot that fits is synced whole.
+        steering.sync(&second, &[]).unwrap();
+        assert_eq!(keys(&steering, "frontends").len(), 2);
     }
 
     /// Syncing a patched snapshot by difference leaves the maps as a full sync of it
