@@ -171,6 +171,12 @@ pub struct Steering {
 /// Keys per batch update of a steering map.
 const BATCH: usize = 4096;
 
+/// Entries a map holds at most on its way from `old` to `new`: new ones go in before
+/// the gone ones go out.
+fn peak<K: Eq + std::hash::Hash>(old: &HashSet<K>, new: &HashSet<K>) -> usize {
+    old.len() + new.difference(old).count()
+}
+
 /// The local endpoints of a Service port, as `endpoints` map keys.
 fn local_endpoints(port: &ServicePort) -> impl Iterator<Item = [u8; 8]> + '_ {
     let proto = port.spec.proto as u8;
@@ -419,33 +425,19 @@ impl Steering {
             .map(|ip| ip.octets())
             .collect();
         // Every map's room first, so that a snapshot too big for one changes none.
-        let peak = |old: usize, added: usize| old + added;
-        self.room(
-            "frontends",
-            peak(
-                self.frontends.len(),
-                frontends.difference(&self.frontends).count(),
-            ),
-        )?;
-        let endpoints_added = endpoints
-            .keys()
-            .filter(|k| !self.endpoints.contains_key(*k))
-            .count();
-        self.room("endpoints", peak(self.endpoints.len(), endpoints_added))?;
-        self.room(
-            "pod_cidrs",
-            peak(
-                self.pod_cidrs.len(),
-                pod_cidrs.difference(&self.pod_cidrs).count(),
-            ),
-        )?;
-        self.room(
-            "host_addrs",
-            peak(
-                self.host_addrs.len(),
-                host.difference(&self.host_addrs).count(),
-            ),
-        )?;
+        let endpoints_peak = self.endpoints.len()
+            + endpoints
+                .keys()
+                .filter(|k| !self.endpoints.contains_key(*k))
+                .count();
+        for (map, need) in [
+            ("frontends", peak(&self.frontends, &frontends)),
+            ("endpoints", endpoints_peak),
+            ("pod_cidrs", peak(&self.pod_cidrs, &pod_cidrs)),
+            ("host_addrs", peak(&self.host_addrs, &host)),
+        ] {
+            self.room(map, need)?;
+        }
         let old = std::mem::take(&mut self.frontends);
         self.frontends = self.replace("frontends", old, frontends)?;
         let old: HashSet<[u8; 8]> = std::mem::take(&mut self.endpoints).into_keys().collect();
