@@ -129,9 +129,9 @@ impl Fleet {
     }
 
     /// Wakes the workers in `mask` (bit `w` for worker `w`) that sleep, after frames
-    /// were queued for them. The fence pairs with the one in [`Worker::run`] between
-    /// a worker marking itself asleep and looking at its queues one last time:
-    /// either it sees the frames, or this sees it asleep.
+    /// (or neighbours) were queued for them. The fence pairs with the one in
+    /// `Worker::sleep` between a worker marking itself asleep and looking at its
+    /// queues one last time: either it sees the frames, or this sees it asleep.
     fn nudge(&self, mask: u64) {
         if mask == 0 {
             return;
@@ -146,9 +146,11 @@ impl Fleet {
         }
     }
 
-    /// Whether frames wait in worker `w`'s queues.
+    /// Whether frames or neighbours wait in worker `w`'s queues.
     fn has_frames_for(&self, w: usize) -> bool {
-        !self.handoff[w].is_empty() || !self.transmit[w].is_empty()
+        !self.handoff[w].is_empty()
+            || !self.transmit[w].is_empty()
+            || !self.neighbours[w].is_empty()
     }
 
     /// Frames parked in the fleet's queues (for the frame count at exit).
@@ -497,6 +499,8 @@ impl Worker {
             for (w, q) in queues.iter().enumerate() {
                 if w != self.id {
                     let _ = q.push((ip, n));
+                    // Woken to learn it before a frame that needs it wakes it.
+                    self.nudge |= 1 << w;
                 }
             }
         }
