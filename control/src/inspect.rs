@@ -14,7 +14,7 @@ use kxdp_dataplane::conntrack::FlowState;
 use kxdp_dataplane::explain::{self as dp_explain, Existing, Outcome};
 use kxdp_dataplane::flow::{FiveTuple, Proto};
 use kxdp_dataplane::inspect::{AddrMatch, FlowAnswer, FlowFilter, FlowQuery, FlowRecord};
-use kxdp_dataplane::pick::{How, Pick};
+use kxdp_dataplane::pick::{self, How, Pick};
 use kxdp_dataplane::snapshot::{FrontendKind, Route, Snapshot};
 use kxdp_dataplane::worker::WorkerStatus;
 use serde::{Deserialize, Serialize};
@@ -439,6 +439,26 @@ pub fn explain_with(
     };
     let c = match e.outcome {
         Outcome::NoService { .. } => {
+            if let Some((worker, backend, state)) =
+                existing.filter(|&(_, b, st)| pick::recheck(snap, t, b, st).keeps)
+            {
+                info.verdict = "backend".into();
+                info.chosen_by = Some("existing_flow".into());
+                info.existing_flow = Some(ExistingFlowInfo {
+                    worker,
+                    backend,
+                    state: state.name().into(),
+                    kept: true,
+                });
+                info.backend = Some(locate(snap, backend));
+                info.reason = format!(
+                    "{} {} is no longer a Service frontend, but worker {worker} still tracks this connection ({}) and pins it to {backend}: answered TCP connections outlive their Service port, as with kube-proxy's conntrack",
+                    info.proto,
+                    info.dst,
+                    state.name()
+                );
+                return info;
+            }
             let route = locate(snap, info.dst);
             info.verdict = "no_service".into();
             info.reason = format!(
@@ -487,8 +507,13 @@ pub fn explain_with(
             info.verdict = "backend".into();
             info.chosen_by = Some("existing_flow".into());
             let differs = info.new_flow_backend.is_some_and(|n| n != ex.backend);
+            let left = if c.service.serves(ex.backend) {
+                ""
+            } else {
+                ", which has left the Service port: answered TCP connections stay on their backend, as with kube-proxy's conntrack"
+            };
             info.reason = format!(
-                "{name} ({frontend}): worker {} already tracks this flow ({}) and pins it to {}{}",
+                "{name} ({frontend}): worker {} already tracks this flow ({}) and pins it to {}{left}{}",
                 existing.map_or(0, |e| e.0),
                 ex.state.name(),
                 ex.backend,
@@ -511,7 +536,7 @@ pub fn explain_with(
                     ex.backend
                 ),
                 Some((ex, false)) => format!(
-                    " (the tracked flow's backend {} no longer serves the Service port: its next packet picks anew)",
+                    " (the tracked flow's backend {} no longer serves the Service port and the flow is not an answered TCP connection: its next packet picks anew)",
                     ex.backend
                 ),
                 _ => String::new(),

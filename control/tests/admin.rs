@@ -270,6 +270,46 @@ fn a_silent_worker_is_reported_not_waited_for_forever() {
 }
 
 #[test]
+fn explain_says_an_answered_connection_stays_on_a_backend_that_left() {
+    let snap = snapshot();
+    let gone = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 99), 8080);
+    let to = |dst: Ipv4Addr| FiveTuple {
+        src: CLIENT,
+        dst,
+        sport: 40000,
+        dport: 80,
+        proto: Proto::Tcp,
+    };
+    // The backend left `web`; the Service at 198.19.0.99 is gone altogether.
+    for dst in [VIP, Ipv4Addr::new(198, 19, 0, 99)] {
+        let e = inspect::explain_with(
+            &snap,
+            &to(dst),
+            Some((0, gone, FlowState::TcpEstablished)),
+            None,
+        );
+        assert_eq!(e.verdict, "backend", "{dst}: {}", e.reason);
+        assert_eq!(e.chosen_by.as_deref(), Some("existing_flow"));
+        assert_eq!(e.backend.unwrap().address, gone);
+        assert!(e.existing_flow.unwrap().kept);
+        assert!(e.reason.contains("kube-proxy's conntrack"), "{}", e.reason);
+        // An unanswered SYN moves instead.
+        let e = inspect::explain_with(
+            &snap,
+            &to(dst),
+            Some((0, gone, FlowState::TcpSynSent)),
+            None,
+        );
+        assert_ne!(
+            e.backend.map(|b| b.address),
+            Some(gone),
+            "{dst}: {}",
+            e.reason
+        );
+    }
+}
+
+#[test]
 fn explain_reports_the_existing_flow_pin_and_the_maglev_choice() {
     let w = world(true);
     let req = Request::Explain {

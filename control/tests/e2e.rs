@@ -378,8 +378,9 @@ fn echoed(line: &str) -> Option<u32> {
 }
 
 #[test]
-fn a_long_lived_connection_survives_endpoint_changes_of_its_service() {
-    let name = "a_long_lived_connection_survives_endpoint_changes_of_its_service";
+fn a_long_lived_connection_survives_endpoint_changes_of_its_service_and_its_backend_leaving() {
+    let name =
+        "a_long_lived_connection_survives_endpoint_changes_of_its_service_and_its_backend_leaving";
     if !available(name) {
         return;
     }
@@ -417,13 +418,15 @@ fn a_long_lived_connection_survives_endpoint_changes_of_its_service() {
     }
 
     // Other endpoints come and go; every set changes the Service's Maglev table, but
-    // established connections must stay where they are.
-    let changes: [&[&netns::Pod]; 5] = [
+    // established connections must stay where they are. Last, their backend leaves:
+    // as with kube-proxy, they still stay (the others have no socket for them).
+    let changes: [&[&netns::Pod]; 6] = [
         &[backend, other1],
         &[other1, backend, other2],
         &[backend, other2],
         &[other2, other1, backend],
         &[backend],
+        &[other1, other2],
     ];
     let reloads = kxdp.count("objects reloaded");
     for (i, eps) in changes.iter().enumerate() {

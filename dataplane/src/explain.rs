@@ -47,7 +47,7 @@ pub struct ServiceChoice<'a> {
     /// to show where a new one would go).
     pub pick: Pick,
     /// A tracked flow for the tuple, and whether it keeps its backend in this
-    /// snapshot (it does as long as the backend serves the Service port).
+    /// snapshot ([`pick::recheck`]).
     pub existing: Option<(Existing, bool)>,
     /// The backend packets actually go to: the existing flow's if kept, else the pick.
     pub backend: Option<SocketAddrV4>,
@@ -84,7 +84,7 @@ pub fn explain<'a>(
     // A closed TCP flow is replaced by the next SYN; explain what a new flow gets.
     let existing = existing.map(|e| {
         let kept =
-            e.state != FlowState::TcpClosed && pick::keeps_backend(snap, t, e.backend).is_some();
+            e.state != FlowState::TcpClosed && pick::recheck(snap, t, e.backend, e.state).keeps;
         (e, kept)
     });
     let backend = match (existing, pick) {

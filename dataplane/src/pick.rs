@@ -9,6 +9,7 @@
 
 use std::net::SocketAddrV4;
 
+use crate::conntrack::FlowState;
 use crate::flow::FiveTuple;
 use crate::snapshot::{Backend, Frontend, FrontendKind, Route, ServiceKey, ServicePort, Snapshot};
 
@@ -95,17 +96,41 @@ pub fn masquerades(
     hairpin || external_cluster
 }
 
-/// The frontend under which an existing flow (first packet `orig`, pinned to
-/// `backend`) keeps its backend in `snap`: its original destination is still a
-/// Service frontend and the backend still serves that Service port. None means the
-/// flow is forgotten and its next packet picks anew (kube-proxy clears conntrack
-/// entries of removed endpoints for the same reason).
+/// What a tracked flow (first packet `orig`, in `state`, pinned to `backend`) does
+/// under `snap`: the frontend its packets now count under, if its Service port is
+/// still there, and whether it keeps its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recheck {
+    pub frontend: Option<Frontend>,
+    pub keeps: bool,
+}
+
+/// A flow keeps its backend while the backend serves the flow's Service port. When
+/// it no longer does (removed, not ready, or the Service is gone), an answered TCP
+/// connection still stays on it: kube-proxy never clears TCP conntrack entries, so
+/// connections drain to a terminating pod, and a connection moved to another backend
+/// could only be reset by it. Unanswered SYNs and UDP flows pick anew at their next
+/// packet: a retransmitted SYN reaches a live backend, and kube-proxy clears the
+/// UDP conntrack entries of removed endpoints for the same reason.
 #[inline]
-pub fn keeps_backend(snap: &Snapshot, orig: &FiveTuple, backend: SocketAddrV4) -> Option<Frontend> {
-    snap.frontend(&ServiceKey {
+pub fn recheck(
+    snap: &Snapshot,
+    orig: &FiveTuple,
+    backend: SocketAddrV4,
+    state: FlowState,
+) -> Recheck {
+    let frontend = snap.frontend(&ServiceKey {
         ip: orig.dst,
         port: orig.dport,
         proto: orig.proto,
-    })
-    .filter(|fe| snap.service(fe.service).serves(backend))
+    });
+    let serves = frontend.is_some_and(|fe| snap.service(fe.service).serves(backend));
+    let answered_tcp = matches!(
+        state,
+        FlowState::TcpEstablished | FlowState::TcpFinWait | FlowState::TcpClosed
+    );
+    Recheck {
+        frontend,
+        keeps: serves || answered_tcp,
+    }
 }

@@ -88,6 +88,9 @@ impl Config {
     }
 }
 
+/// [`FlowData::service`] of a flow whose Service port is gone: no counter's index.
+pub const NO_SERVICE: u32 = u32::MAX;
+
 /// What the pipeline keeps per flow beside the conntrack tuples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowData {
@@ -95,10 +98,11 @@ pub struct FlowData {
     /// bits (only compared for equality: a flow would have to sit idle through 2^32
     /// snapshots to miss a check). Keeps [`crate::conntrack::Flow`] at 56 bytes.
     pub generation: u32,
-    /// The flow's Service port as a `ServiceId` of the snapshot of `generation`: the
-    /// slot of the per-Service counters its packets bump. Re-resolved with the
-    /// backend check above, once per flow per snapshot, so a snapshot swap costs no
-    /// per-packet lookup (see [`Pipeline::follow_services`]).
+    /// The flow's Service port as a `ServiceId` of the current snapshot as of the
+    /// backend check above, or [`NO_SERVICE`] once its Service port is gone: the slot
+    /// of the per-Service counters its packets bump. Re-resolved with that check,
+    /// once per flow per snapshot, so a snapshot swap costs no per-packet lookup (see
+    /// [`Pipeline::follow_services`]).
     pub service: u32,
     /// Where the first packet came from: replies to a client outside every pod CIDR
     /// (a NodePort client on the underlay) go back to that port and MAC.
@@ -616,9 +620,12 @@ impl Pipeline {
         self.route(snap, f, h, h.dst, ing, None, Hop::Forwarded)
     }
 
-    /// Conntrack lookup that also re-checks, once per snapshot generation, that the
-    /// flow's backend still serves its Service; a flow whose backend is gone is
-    /// forgotten (its next packet picks a new backend).
+    /// Conntrack lookup that also re-checks the flow against each new snapshot
+    /// ([`pick::recheck`]). A flow that moves off its backend is forgotten at its next
+    /// packet from the client, whose next packet then picks a new backend. A reply
+    /// from the old backend before that is still translated: forgetting the flow on
+    /// it would send the client a packet from the backend's own address, which its
+    /// socket does not know.
     fn tracked(&mut self, snap: &Snapshot, now: Nanos, t: &FiveTuple) -> Option<(FlowId, Dir)> {
         let (id, dir) = match self.probe {
             Some(p) if p.key() == t => self.flows.lookup_probed(&p, now)?,
@@ -626,15 +633,17 @@ impl Pipeline {
         };
         let flow = self.flows.get(id);
         if flow.data.generation != snap.generation as u32 {
-            let (orig, reply) = (*flow.orig(), *flow.reply());
-            let backend = SocketAddrV4::new(reply.src, reply.sport);
-            let Some(fe) = pick::keeps_backend(snap, &orig, backend) else {
+            let backend = SocketAddrV4::new(flow.reply().src, flow.reply().sport);
+            let r = pick::recheck(snap, flow.orig(), backend, flow.state());
+            if !r.keeps && dir == Dir::Original {
                 self.flows.remove(id);
                 return None;
-            };
+            }
             let data = &mut self.flows.get_mut(id).data;
-            data.generation = snap.generation as u32;
-            data.service = fe.service.0;
+            data.service = r.frontend.map_or(NO_SERVICE, |fe| fe.service.0);
+            if r.keeps {
+                data.generation = snap.generation as u32;
+            }
         }
         Some((id, dir))
     }

@@ -176,7 +176,7 @@ fn established_flow_keeps_its_backend_when_endpoints_change() {
 }
 
 #[test]
-fn flow_whose_backend_left_the_service_is_rebalanced() {
+fn an_unanswered_syn_whose_backend_left_the_service_is_rebalanced() {
     let mut p = pipeline();
     let snap1 = snapshot(1);
     let (_, out) = run(
@@ -197,6 +197,98 @@ fn flow_whose_backend_left_the_service_is_rebalanced() {
         &tcp(C, 40000, VIP, 80, ACK).bytes(),
     );
     assert_eq!(seen(&out).dst, other);
+}
+
+/// Opens C:40000 -> VIP:80 under `snap` (SYN, SYN-ACK, ACK); returns its backend.
+fn connect(
+    p: &mut kxdp_dataplane::pipeline::Pipeline,
+    snap: &kxdp_dataplane::snapshot::Snapshot,
+) -> std::net::Ipv4Addr {
+    let (_, out) = run(p, snap, T0, POD_C, &tcp(C, 40000, VIP, 80, SYN).bytes());
+    let backend = seen(&out).dst;
+    let syn_ack = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
+    run(p, snap, T0, port_of(backend), &syn_ack);
+    run(p, snap, T0, POD_C, &tcp(C, 40000, VIP, 80, ACK).bytes());
+    backend
+}
+
+#[test]
+fn an_answered_connection_stays_on_a_backend_that_left_the_service_or_lost_it() {
+    let mut p = pipeline();
+    let backend = connect(&mut p, &snapshot(1));
+    // The backend leaves `web`, then `web` itself goes: kube-proxy keeps TCP
+    // conntrack entries through both, and moving the connection would only get it
+    // reset by a backend that never saw its SYN.
+    let left = snapshot_with(2, |s| s[0].endpoints.retain(|e| *e.addr.ip() != backend));
+    let gone = snapshot_with(3, |s| {
+        s.remove(0);
+    });
+    for snap in [&left, &gone] {
+        let (v, out) = run(
+            &mut p,
+            snap,
+            T0,
+            POD_C,
+            &tcp(C, 40000, VIP, 80, ACK).bytes(),
+        );
+        assert_eq!(v, tx(port_of(backend)), "generation {}", snap.generation);
+        assert_eq!(seen(&out).dst, backend);
+        let data = tcp(backend, 8080, C, 40000, ACK).bytes();
+        let (v, out) = run(&mut p, snap, T0, port_of(backend), &data);
+        assert_eq!(v, tx(POD_C));
+        assert_eq!(seen(&out).src, VIP, "generation {}", snap.generation);
+    }
+}
+
+#[test]
+fn a_late_answer_from_a_backend_that_left_is_translated_and_the_client_then_moves() {
+    // A SYN and a UDP datagram reach a backend, which leaves before it answers. Its
+    // answer must still come from the Service address: a CI flake
+    // was an HTTP response sent back untranslated, which the client's socket never
+    // saw. The client's next packet, unanswered TCP or UDP, then picks anew.
+    let mut p = pipeline();
+    let snap1 = snapshot(1);
+    let (_, out) = run(
+        &mut p,
+        &snap1,
+        T0,
+        POD_C,
+        &tcp(C, 40000, VIP, 80, SYN).bytes(),
+    );
+    let backend = seen(&out).dst;
+    let other = if backend == A { B } else { A };
+    let snap2 = snapshot_with(2, |s| s[0].endpoints.retain(|e| *e.addr.ip() == other));
+    let syn_ack = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
+    let (v, out) = run(&mut p, &snap2, T0, port_of(backend), &syn_ack);
+    assert_eq!(v, tx(POD_C));
+    assert_eq!(seen(&out).src, VIP);
+    // Answered now: the connection stays.
+    let (_, out) = run(
+        &mut p,
+        &snap2,
+        T0,
+        POD_C,
+        &tcp(C, 40000, VIP, 80, ACK).bytes(),
+    );
+    assert_eq!(seen(&out).dst, backend);
+
+    // UDP: `web:dns` moves from B to C between a query and its answer.
+    let (v, _) = run(&mut p, &snap1, T0, POD_A, &udp(A, 5000, VIP, 53).bytes());
+    assert_eq!(v, tx(POD_B));
+    let snap3 = snapshot_with(3, |s| s[1].endpoints = vec![ep(C, 5353, true)]);
+    let answer = udp(B, 5353, A, 5000).bytes();
+    for _ in 0..2 {
+        let (v, out) = run(&mut p, &snap3, T0, POD_B, &answer);
+        assert_eq!(v, tx(POD_A));
+        assert_eq!((seen(&out).src, seen(&out).ports), (VIP, Some((53, 5000))));
+    }
+    let (v, out) = run(&mut p, &snap3, T0, POD_A, &udp(A, 5000, VIP, 53).bytes());
+    assert_eq!(
+        v,
+        tx(POD_C),
+        "kube-proxy clears the UDP entries of removed endpoints"
+    );
+    assert_eq!(seen(&out).dst, C);
 }
 
 #[test]
