@@ -1,5 +1,6 @@
 //! One AF_XDP socket on one interface queue, with its four rings.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 
 use xsk_rs::config::{BindFlags, LibxdpFlags, QueueSize, SocketConfig};
@@ -53,6 +54,15 @@ pub struct XskPort {
     /// Frames the kernel holds through this socket's fill and TX rings.
     pub in_fill: usize,
     pub in_tx: usize,
+    /// Those frames, oldest first, so that [`XskPort::close`] can take them back when
+    /// the interface goes away with them (a pod's veth, deleted with the pod). In
+    /// copy mode the kernel takes fill frames in order and RX returns them in that
+    /// order (a frame it dropped is reused for the next), and TX completes in order:
+    /// a receive or completion of `n` frames retires the `n` oldest. Kept per batch,
+    /// never per frame.
+    held_fill: VecDeque<FrameDesc>,
+    held_tx: VecDeque<FrameDesc>,
+    zero_copy: bool,
     pub ring_size: u32,
     /// Frames one copy-mode sendto() transmits at most (see `raise_tx_budget`).
     pub tx_budget: u32,
@@ -89,16 +99,28 @@ impl XskPort {
             // is dropped last), as xsk-rs requires.
             unsafe { Socket::new(cfg, &pool.umem, &name, queue) }.map_err(|e| format!("{e}"))
         };
-        let (tx, rx, rings) = match mode {
-            BindMode::Copy => attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
-            BindMode::ZeroCopy => attempt(BindFlags::XDP_ZEROCOPY).map_err(|e| err(mode, e))?,
-            BindMode::Auto => attempt(BindFlags::XDP_ZEROCOPY)
-                .or_else(|_| attempt(BindFlags::XDP_COPY))
-                .map_err(|e| err(mode, e))?,
+        let ((tx, rx, rings), zero_copy) = match mode {
+            BindMode::Copy => (
+                attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
+                false,
+            ),
+            BindMode::ZeroCopy => (
+                attempt(BindFlags::XDP_ZEROCOPY).map_err(|e| err(mode, e))?,
+                true,
+            ),
+            BindMode::Auto => match attempt(BindFlags::XDP_ZEROCOPY) {
+                Ok(s) => (s, true),
+                Err(_) => (
+                    attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
+                    false,
+                ),
+            },
         };
         let (fill, comp) =
             rings.ok_or_else(|| err(mode, "no fill/completion rings for this queue".into()))?;
         let tx_budget = raise_tx_budget(rx.fd().as_raw_fd(), ring_size);
+        // What the kernel did, whatever was asked: libxdp may have bound either way.
+        let zero_copy = bound_zero_copy(rx.fd().as_raw_fd()).unwrap_or(zero_copy);
         Ok(XskPort {
             id,
             name: iface.into(),
@@ -108,6 +130,11 @@ impl XskPort {
             comp,
             in_fill: 0,
             in_tx: 0,
+            // The fill and RX rings hold `ring_size` frames each, as does TX: never
+            // reallocated.
+            held_fill: VecDeque::with_capacity(2 * ring_size as usize),
+            held_tx: VecDeque::with_capacity(ring_size as usize),
+            zero_copy,
             ring_size,
             tx_budget,
         })
@@ -140,6 +167,7 @@ impl XskPort {
             let at = free.len() - want;
             // SAFETY: the frames come from the free pool: nobody else uses them.
             let n = unsafe { self.fill.produce(&free[at..]) };
+            self.held_fill.extend(&free[at..at + n]);
             free.truncate(free.len() - n);
             self.in_fill += n;
         }
@@ -153,6 +181,7 @@ impl XskPort {
         // SAFETY: completed descriptors are ours again.
         let n = unsafe { self.comp.consume(scratch) };
         self.in_tx -= n;
+        self.held_tx.drain(..n);
         free.extend_from_slice(&scratch[..n]);
         n
     }
@@ -162,6 +191,7 @@ impl XskPort {
         // SAFETY: received descriptors are ours until we hand them to a ring.
         let n = unsafe { self.rx.consume(out) };
         self.in_fill -= n;
+        self.held_fill.drain(..n);
         n
     }
 
@@ -170,7 +200,31 @@ impl XskPort {
         // SAFETY: the frames are ours and stay untouched until they complete.
         let n = unsafe { self.tx.produce(descs) };
         self.in_tx += n;
+        self.held_tx.extend(&descs[..n]);
         n
+    }
+
+    /// Closes the socket and gives back to `free` the frames the kernel held through
+    /// it; returns how many frames are lost. Its XSKMAP entry must be gone first:
+    /// the map holds the socket open, and the kernel may use its rings until it is
+    /// released. None are lost in copy mode; in zero-copy mode a driver may take fill
+    /// frames out of order, so those the kernel held are counted lost rather than
+    /// guessed.
+    pub fn close(mut self, free: &mut Vec<FrameDesc>) -> usize {
+        let (fill, tx) = (
+            std::mem::take(&mut self.held_fill),
+            std::mem::take(&mut self.held_tx),
+        );
+        let zero_copy = self.zero_copy;
+        // Closing the last descriptor unbinds the socket and waits for the kernel's
+        // receive path to let go of it (xsk_release), so the frames are ours after.
+        drop(self);
+        if zero_copy {
+            return fill.len() + tx.len();
+        }
+        free.extend(fill);
+        free.extend(tx);
+        0
     }
 
     /// Copy-mode transmission happens inside sendto(), at most the socket's TX budget
@@ -185,6 +239,27 @@ impl XskPort {
             tries += 1;
         }
     }
+}
+
+/// `XDP_OPTIONS` and its `XDP_OPTIONS_ZEROCOPY` flag (linux/if_xdp.h).
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// Whether the kernel bound the socket in zero-copy mode; `None` if it cannot say.
+fn bound_zero_copy(fd: RawFd) -> Option<bool> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u32 of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(flags & XDP_OPTIONS_ZEROCOPY != 0)
 }
 
 /// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17): how many frames one copy-mode sendto() may
@@ -264,6 +339,43 @@ mod tests {
         let mut parts = release.split(|c: char| !c.is_ascii_digit());
         let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         (next(), next())
+    }
+
+    /// A pod's veth goes away with frames in the socket's fill and TX rings: closing
+    /// the socket gives every one of them back.
+    #[test]
+    fn closing_a_socket_whose_interface_is_gone_gives_its_frames_back() {
+        // SAFETY: plain libc getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: AF_XDP sockets and namespaces need root");
+            return;
+        }
+        let ns = Netns::new("close");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter();
+                let mut pool = FramePool::new(256, FrameSize::Half, 64).unwrap();
+                let total = pool.free.len();
+                let mut port =
+                    XskPort::open(&pool, PortId(0), "xa", 0, 64, BindMode::Copy).unwrap();
+                port.refill(&mut pool.free, 48);
+                let batch: Vec<FrameDesc> = pool.free.drain(..16).collect();
+                assert_eq!(port.send(&batch), 16);
+                assert_eq!((port.in_fill, port.in_tx), (48, 16));
+                assert_eq!(pool.free.len(), total - 64);
+                let ok = Command::new("ip")
+                    .args(["link", "del", "xa"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "ip link del xa");
+                assert_eq!(port.close(&mut pool.free), 0, "frames lost");
+                assert_eq!(pool.free.len(), total);
+                let mut addrs: Vec<usize> = pool.free.iter().map(|d| d.addr()).collect();
+                addrs.sort_unstable();
+                addrs.dedup();
+                assert_eq!(addrs.len(), total, "a frame given back twice");
+            });
+        });
     }
 
     /// With the budget raised, one sendto() transmits a whole batch of 64 frames; a
