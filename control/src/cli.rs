@@ -148,6 +148,14 @@ pub struct RunArgs {
     /// The host side of a pod's veth (repeatable).
     #[arg(long = "pod-iface", value_name = "IFACE")]
     pub pod_ifaces: Vec<String>,
+    /// Also serve the pods a CNI registers as Calico's does: every interface that a
+    /// /32 route in this node's pod CIDR goes through, followed as pods come and go.
+    #[arg(long)]
+    pub pod_routes: bool,
+    /// Pods served through --pod-routes at once, at most (Kubernetes' default limit
+    /// of pods a node is 110).
+    #[arg(long, default_value_t = 110, value_name = "N")]
+    pub max_pods: u32,
     /// CPU cores to pin workers to, in order (e.g. 1 or 0,1); unpinned when absent.
     #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
     pub cores: Vec<usize>,

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod inspect;
 pub mod metrics;
 pub mod objects;
+pub mod pods;
 pub mod replay;
 pub mod run;
 pub mod tables;

@@ -27,6 +27,7 @@ use crate::admin;
 use crate::cli::{BindArg, FrameSizeArg, RunArgs, XdpModeArg};
 use crate::endpoints::{self, State, SyncState};
 use crate::metrics::{self, DataplaneMetrics, SyncMetrics};
+use crate::pods::PodPorts;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -64,6 +65,10 @@ pub struct Source<'a> {
 /// How often the run loop looks for changes when its source cannot wake it (a `stat`
 /// of the objects file), and for its other duties; the API source wakes it at once.
 const TICK: Duration = Duration::from_millis(10);
+
+/// The most `--max-pods`: slots are `PortId`s, and each costs a little in every
+/// worker.
+const MAX_PODS: u32 = 4096;
 
 /// How often it looks at the workers' generations while a published snapshot has not
 /// reached them all, and for how long at most: workers report a new generation as
@@ -115,13 +120,72 @@ fn frame_size(a: &RunArgs) -> FrameSize {
     }
 }
 
-/// Everything that can be checked before attaching anything: the ports, and how
-/// many queues each is served on (`--queues`, or fewer on a pod veth that has fewer;
+/// What kxdp needs to know of an interface it serves, checked: the port, and how
+/// many of its queues are served (`--queues`, or fewer on a pod veth that has fewer;
 /// its frames then all go to the first workers).
+fn port_facts(a: &RunArgs, name: &str, role: PortRole) -> Result<(Port, u32)> {
+    steer::ifindex(name).map_err(|_| anyhow::anyhow!("interface {name} does not exist"))?;
+    let have = rx_queues(name)?;
+    if a.queues > have && role == PortRole::Uplink {
+        bail!(
+            "the uplink {name} has no queue {}: it has {have}; see --queues",
+            a.queues - 1
+        );
+    }
+    if have > a.queues {
+        tracing::warn!(
+            "interface {name} has {have} queues and kxdp serves {}: what arrives on \
+             the others goes to the kernel, which does not translate Service traffic \
+             (raise --queues, or steer traffic to the served queues)",
+            a.queues
+        );
+    }
+    let mac: Mac = sysfs(name, "address")?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
+    let mtu: u16 = sysfs(name, "mtu")?.parse().context("mtu")?;
+    let longest = mtu as usize + ETH_LEN;
+    let size = frame_size(a);
+    let holds = size.max_packet();
+    if longest > holds {
+        let largest = FrameSize::Page.max_packet();
+        bail!(
+            "interface {name} has MTU {mtu}: its {longest}-byte frames do not fit \
+             --frame-size {} (at most {holds} bytes); {}",
+            size.bytes(),
+            if longest <= largest {
+                "use --frame-size 4096".to_owned()
+            } else {
+                format!(
+                    "kxdp holds at most {largest}-byte frames (MTU {}): jumbo frames \
+                     are not supported yet",
+                    largest - ETH_LEN
+                )
+            }
+        );
+    }
+    // A physical NIC has a device link in sysfs; veths and other virtual links
+    // do not, and carry partial checksums across.
+    let virtual_link = !std::path::Path::new(&format!("/sys/class/net/{name}/device")).exists();
+    let port = Port {
+        name: name.to_owned(),
+        role,
+        mac,
+        mtu,
+        partial_checksums: role == PortRole::Pod || virtual_link,
+    };
+    Ok((port, a.queues.min(have).max(1)))
+}
+
+/// Everything that can be checked before attaching anything: the ports, and the
+/// sockets' slots (each port's served queues, then room for `--pod-routes` pods).
 fn preflight(a: &RunArgs) -> Result<(Vec<Port>, SocketSlots)> {
     // SAFETY: plain libc getter.
     if unsafe { libc::geteuid() } != 0 {
         bail!("kxdp run needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK) to attach XDP and open AF_XDP sockets");
+    }
+    if a.pod_routes && !(1..=MAX_PODS).contains(&a.max_pods) {
+        bail!("--max-pods {} is out of range 1..={MAX_PODS}", a.max_pods);
     }
     if a.queues == 0 || a.queues > MAX_QUEUES.min(256) {
         bail!("--queues {} is out of range 1..={MAX_QUEUES}", a.queues);
@@ -141,57 +205,13 @@ fn preflight(a: &RunArgs) -> Result<(Vec<Port>, SocketSlots)> {
     let all = std::iter::once((&a.uplink, PortRole::Uplink))
         .chain(a.pod_ifaces.iter().map(|p| (p, PortRole::Pod)));
     for (name, role) in all {
-        steer::ifindex(name).map_err(|_| anyhow::anyhow!("interface {name} does not exist"))?;
-        let have = rx_queues(name)?;
-        if a.queues > have && role == PortRole::Uplink {
-            bail!(
-                "the uplink {name} has no queue {}: it has {have}; see --queues",
-                a.queues - 1
-            );
-        }
-        queues.push(a.queues.min(have).max(1));
-        if have > a.queues {
-            tracing::warn!(
-                "interface {name} has {have} queues and kxdp serves {}: what arrives on \
-                 the others goes to the kernel, which does not translate Service traffic \
-                 (raise --queues, or steer traffic to the served queues)",
-                a.queues
-            );
-        }
-        let mac: Mac = sysfs(name, "address")?
-            .parse()
-            .map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
-        let mtu: u16 = sysfs(name, "mtu")?.parse().context("mtu")?;
-        let longest = mtu as usize + ETH_LEN;
-        let size = frame_size(a);
-        let holds = size.max_packet();
-        if longest > holds {
-            let largest = FrameSize::Page.max_packet();
-            bail!(
-                "interface {name} has MTU {mtu}: its {longest}-byte frames do not fit \
-                 --frame-size {} (at most {holds} bytes); {}",
-                size.bytes(),
-                if longest <= largest {
-                    "use --frame-size 4096".to_owned()
-                } else {
-                    format!(
-                        "kxdp holds at most {largest}-byte frames (MTU {}): jumbo frames \
-                         are not supported yet",
-                        largest - ETH_LEN
-                    )
-                }
-            );
-        }
-        // A physical NIC has a device link in sysfs; veths and other virtual links
-        // do not, and carry partial checksums across.
-        let virtual_link = !std::path::Path::new(&format!("/sys/class/net/{name}/device")).exists();
-        ports.push(Port {
-            name: name.clone(),
-            role,
-            mac,
-            mtu,
-            partial_checksums: role == PortRole::Pod || virtual_link,
-        });
+        let (port, served) = port_facts(a, name, role)?;
+        ports.push(port);
+        queues.push(served);
+    }
+    if a.pod_routes {
+        // Slots for the pods that come later, on as many queues as a pod may have.
+        queues.extend((0..a.max_pods).map(|_| a.queues));
     }
     // UMEM pages count against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK
     // (root does): lift the limit where allowed, and say so where not.
@@ -208,9 +228,13 @@ fn preflight(a: &RunArgs) -> Result<(Vec<Port>, SocketSlots)> {
     }
     let slots = SocketSlots::new(queues).ok_or_else(|| {
         anyhow::anyhow!(
-            "{} interfaces on up to {} queues are more than the {MAX_SOCKETS} AF_XDP \
+            "{} interfaces{} on up to {} queues are more than the {MAX_SOCKETS} AF_XDP \
              sockets kxdp serves",
             ports.len(),
+            match a.pod_routes {
+                true => format!(" and {} --max-pods", a.max_pods),
+                false => String::new(),
+            },
             a.queues
         )
     })?;
@@ -244,7 +268,14 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             PortRole::Uplink => Role::Uplink,
             PortRole::Pod => Role::Pod,
         };
-        steering.attach(&p.name, role, mode, &slots, i as u32)?;
+        steering.attach(
+            &p.name,
+            role,
+            mode,
+            &slots,
+            i as u32,
+            slots.queues(i as u32),
+        )?;
     }
     let started = Instant::now();
     steering.sync(&snap, &[a.gateway_ip])?;
@@ -254,6 +285,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         .sync_duration
         .observe((built + started.elapsed()).as_secs_f64());
     let stop = Arc::new(AtomicBool::new(false));
+    let static_ports = ports.len();
     let pipeline_cfg = a.pipeline.config(Ports::new(ports));
     // One UMEM for all workers, so a reply that lands on another worker's queue can
     // be handed to the worker that owns its flow (see dataplane::owners).
@@ -299,7 +331,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             &slots,
             shared,
             arp,
-            |port, queue, fd| steering.register_socket(slots.key(port.0 as u32, queue), fd),
+            Box::new(steering.socket_map(&slots)?),
         )?;
         workers.push(w);
     }
@@ -339,6 +371,14 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             fleet: fleet.clone(),
         },
     )?;
+    let mut pods = a.pod_routes.then(|| {
+        let except = std::iter::once(&a.uplink)
+            .chain(&a.pod_ifaces)
+            .cloned()
+            .collect();
+        PodPorts::new(static_ports as u16, a.max_pods, except)
+    });
+    let pod_facts = |name: &str| port_facts(&a, name, PortRole::Pod);
     let tx_budget = workers.iter().map(|w| w.tx_budget()).min().unwrap_or(0);
     let handles: Vec<_> = workers
         .into_iter()
@@ -354,6 +394,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         queues = a.queues,
         uplink = %a.uplink,
         pods = a.pod_ifaces.len(),
+        pod_routes = a.pod_routes,
         tx_budget,
         "kxdp is forwarding"
     );
@@ -462,6 +503,10 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             // A worker that stopped following: its last snapshot stays alive anyway.
             retired.pop_front();
         }
+        if let Some(pods) = &mut pods {
+            let cidrs = shared_snapshot.load().node.pod_cidrs.clone();
+            pods.follow(&cidrs, &mut steering, &slots, mode, &fleet, &pod_facts);
+        }
         let failing = (source.failing)();
         sync_metrics.watches_failing.set(i64::from(failing));
         failing_since = match failing {
@@ -484,11 +529,14 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     // Steering off first: from here on the kernel gets everything (fail open).
     steering.set_enabled(false, vtep, vxlan_port)?;
     stop.store(true, Ordering::Relaxed);
-    let mut accounted = 0;
+    let (mut accounted, mut lost) = (0, 0);
     let mut failed = false;
     for (q, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(count)) => accounted += count.free + count.in_rings,
+            Ok(Ok(count)) => {
+                accounted += count.free + count.in_rings;
+                lost += count.lost;
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue = q, "worker failed: {e}");
                 failed = true;
@@ -501,7 +549,13 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     }
     // Only now: until every worker has stopped, one may still queue frames for another.
     accounted += fleet.parked();
-    let leaked = !failed && accounted != total_frames as usize;
+    let leaked = !failed && accounted + lost != total_frames as usize;
+    if lost > 0 {
+        tracing::warn!(
+            lost,
+            "frames lost with zero-copy sockets of interfaces that went away"
+        );
+    }
     if leaked {
         tracing::error!(accounted, total = total_frames, "frames leaked");
     } else if !failed {

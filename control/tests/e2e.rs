@@ -463,6 +463,94 @@ fn a_long_lived_connection_survives_endpoint_changes_of_its_service_and_its_back
 }
 
 #[test]
+fn pods_that_come_and_go_are_served_through_their_routes() {
+    let name = "pods_that_come_and_go_are_served_through_their_routes";
+    if !available(name) {
+        return;
+    }
+    pods_come_and_go(&Topology::new(name, &[10, 11, 12], &[]), 1);
+}
+
+#[test]
+fn pods_that_come_and_go_are_served_by_two_workers_through_the_one_with_their_queue() {
+    let name = "pods_that_come_and_go_are_served_by_two_workers_through_the_one_with_their_queue";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::with_queues_on(name, &[10, 11, 12], &[], 2, 1);
+    pods_come_and_go(&t, 2);
+}
+
+/// Pod 12 is created after kxdp starts, becomes the Service's backend (also through
+/// a NodePort: with two workers, worker 1 takes some of those connections and
+/// transmits to the pod through worker 0), is deleted and created again; kxdp finds
+/// each change in the routes (`--pod-routes`).
+fn pods_come_and_go(t: &Topology, workers: u32) {
+    let (client, first, late) = (t.pod(1, 10), t.pod(1, 11), t.pod(1, 12));
+    // Pod 12 does not exist yet when kxdp starts.
+    t.unplug(late);
+    let _s1 = t.server(first, "http-first", HTTP_SERVER, HTTP_PORT);
+    let web = Service::tcp("web", [198, 19, 0, 10], 80, HTTP_PORT).node_port(30082, false);
+    let objects = t.write_objects(&[web.clone().endpoints(&[first])]);
+    let queues = workers.to_string();
+    let kxdp = t.start_kxdp_with(&[
+        "--objects",
+        objects.to_str().expect("utf-8 path"),
+        "--pod-routes",
+        "--queues",
+        &queues,
+    ]);
+    let served = "pod interface served";
+    kxdp.wait_log(served, 2, Duration::from_secs(10));
+    // Only kxdp translates Service addresses: an answer means it serves both pods.
+    let r = t.http_get(&client.ns, &web.cluster_url());
+    assert_eq!(r.backend, first.ip, "{r:?}");
+
+    // The pod is created: served as a client, then as the Service's backend.
+    t.plug(late);
+    kxdp.wait_log(served, 3, Duration::from_secs(10));
+    let r = t.http_get(&late.ns, &web.cluster_url());
+    assert_eq!((r.backend, *r.client.ip()), (first.ip, late.ip), "{r:?}");
+    let _s2 = t.server(late, "http-late", HTTP_SERVER, HTTP_PORT);
+    let reloads = kxdp.count("objects reloaded");
+    t.write_objects(&[web.clone().endpoints(&[late])]);
+    kxdp.wait_log("objects reloaded", reloads + 1, Duration::from_secs(10));
+    let r = t.http_get(&client.ns, &web.cluster_url());
+    assert_eq!(r.backend, late.ip, "{r:?}");
+    let node_port = format!("http://{NODE1_IP}:30082/");
+    for r in requests(t, &t.client, &node_port, 8, &kxdp) {
+        assert_eq!(r.backend, late.ip, "{r:?}");
+    }
+    if workers > 1 {
+        let metrics = t
+            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        let handed = sample(&metrics, "kxdp_tx_handed_total{worker=\"1\"}").unwrap_or(0.0);
+        assert!(
+            handed > 0.0,
+            "worker 1 handed nothing to transmit:\n{metrics}"
+        );
+    }
+
+    // Deleted with frames in its rings; then created again, in the slot it left.
+    t.unplug(late);
+    kxdp.wait_log("pod interface gone", 1, Duration::from_secs(10));
+    t.write_objects(&[web.clone().endpoints(&[first])]);
+    kxdp.wait_log("objects reloaded", reloads + 2, Duration::from_secs(10));
+    let r = t.http_get(&client.ns, &web.cluster_url());
+    assert_eq!(r.backend, first.ip, "{r:?}");
+    t.plug(late);
+    kxdp.wait_log(served, 4, Duration::from_secs(10));
+    let r = t.http_get(&late.ns, &web.cluster_url());
+    assert_eq!(r.backend, first.ip, "{r:?}");
+
+    let (status, log) = kxdp.stop();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    // The removed pod's socket gave back the frames it held.
+    assert!(log.contains("all frames accounted for"), "{log}");
+}
+
+#[test]
 fn a_large_tcp_transfer_through_vxlan_survives_pmtu() {
     let name = "a_large_tcp_transfer_through_vxlan_survives_pmtu";
     if !available(name) {

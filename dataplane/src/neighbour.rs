@@ -125,6 +125,15 @@ impl NeighbourTable {
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, Neighbour)> + '_ {
         self.slots.iter().filter(|s| s.used).map(|s| (s.ip, s.n))
     }
+
+    /// Forgets every entry on `port` (an interface that went away), static ones too.
+    /// O(capacity): only when a port is removed.
+    pub fn forget_port(&mut self, port: PortId) {
+        for s in self.slots.iter_mut().filter(|s| s.used && s.n.port == port) {
+            s.used = false;
+            s.pinned = false;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +168,18 @@ mod tests {
             t.learn(Ipv4Addr::from(0xc612_0000 + i), n(1, 1), Nanos(i as u64));
         }
         assert_eq!(t.get(ip), Some(n(0, 9)));
+    }
+
+    #[test]
+    fn a_removed_port_takes_its_neighbours_with_it() {
+        let mut t = NeighbourTable::new(64);
+        let (a, b) = (Ipv4Addr::new(198, 18, 1, 10), Ipv4Addr::new(198, 18, 1, 11));
+        t.learn(a, n(1, 1), Nanos(1));
+        t.pin(b, n(2, 2));
+        t.forget_port(PortId(1));
+        assert_eq!((t.get(a), t.get(b)), (None, Some(n(2, 2))));
+        t.learn(a, n(3, 3), Nanos(2));
+        assert_eq!(t.get(a), Some(n(3, 3)), "the slot is free for a new entry");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::neighbour::{Neighbour, NeighbourTable};
 use crate::owners::{FlowOwners, WorkerId};
 use crate::packet::{self, Headers, ETH_LEN, L4, L4_AT};
 use crate::pick::{self, Pick};
-use crate::ports::{PortRole, Ports};
+use crate::ports::{Port, PortRole, Ports};
 use crate::resolve::{ResolveQueue, Via};
 use crate::snapshot::{Frontend, Mac, Route, ServiceKey, Snapshot};
 use crate::verdict::{Counters, DropReason, PortId, Verdict};
@@ -374,6 +374,15 @@ impl Pipeline {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Puts `port` in slot `id`, or vacates it when its interface went away: its
+    /// neighbours go with it, so nothing is routed to the slot until a pod there is
+    /// learned again. Between batches only.
+    pub fn set_port(&mut self, id: PortId, port: Option<Port>) {
+        self.neighbours.forget_port(id);
+        self.memo.forget();
+        self.cfg.ports.set(id, port);
     }
 
     /// Static neighbours (configuration) and inspection.

@@ -25,10 +25,11 @@ pub struct Port {
     pub partial_checksums: bool,
 }
 
-/// All ports of a pipeline; a [`PortId`] indexes this list.
+/// All ports of a pipeline; a [`PortId`] indexes this list. A slot may be vacant: a
+/// pod's interface that went away, whose id a later pod reuses.
 #[derive(Clone, Debug, Default)]
 pub struct Ports {
-    ports: Vec<Port>,
+    ports: Vec<Option<Port>>,
     uplink: Option<PortId>,
 }
 
@@ -38,12 +39,26 @@ impl Ports {
             .iter()
             .position(|p| p.role == PortRole::Uplink)
             .map(|i| PortId(i as u16));
-        Ports { ports, uplink }
+        Ports {
+            ports: ports.into_iter().map(Some).collect(),
+            uplink,
+        }
+    }
+
+    /// Puts `port` in slot `id` (or vacates it), growing the list if needed. The
+    /// uplink's slot is never changed.
+    pub fn set(&mut self, id: PortId, port: Option<Port>) {
+        debug_assert!(Some(id) != self.uplink);
+        let i = id.0 as usize;
+        if i >= self.ports.len() {
+            self.ports.resize(i + 1, None);
+        }
+        self.ports[i] = port;
     }
 
     #[inline]
     pub fn get(&self, id: PortId) -> Option<&Port> {
-        self.ports.get(id.0 as usize)
+        self.ports.get(id.0 as usize)?.as_ref()
     }
 
     pub fn uplink(&self) -> Option<PortId> {
@@ -51,19 +66,18 @@ impl Ports {
     }
 
     pub fn by_name(&self, name: &str) -> Option<PortId> {
-        self.ports
-            .iter()
-            .position(|p| p.name == name)
-            .map(|i| PortId(i as u16))
+        self.iter().find(|(_, p)| p.name == name).map(|(id, _)| id)
     }
 
+    /// The ports there are, vacant slots skipped.
     pub fn iter(&self) -> impl Iterator<Item = (PortId, &Port)> {
         self.ports
             .iter()
             .enumerate()
-            .map(|(i, p)| (PortId(i as u16), p))
+            .filter_map(|(i, p)| Some((PortId(i as u16), p.as_ref()?)))
     }
 
+    /// Slots, vacant ones included: every [`PortId`] is below it.
     pub fn len(&self) -> usize {
         self.ports.len()
     }

@@ -60,6 +60,7 @@ drop_reasons! {
     OverlayLoop => "overlay_loop", "Decapsulated traffic that would be encapsulated again.";
     FlowClash => "flow_clash", "The translated tuple is already another flow's.";
     WorkerQueueFull => "worker_queue_full", "A frame for another worker (its flow's owner, or the one transmitting on its port) found that worker's queue full.";
+    PortGone => "port_gone", "A frame for an interface that went away (a pod deleted) while the frame was on its way.";
 }
 
 /// Per-worker counters; the worker exports them, the pipeline only adds.

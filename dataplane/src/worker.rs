@@ -11,7 +11,9 @@
 //! busy-poll.
 
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +30,7 @@ use crate::inspect::{FlowQuery, ServiceCounter};
 use crate::lookahead::{Lookahead, FLOW_AHEAD, INDEX_AHEAD};
 use crate::neighbour::Neighbour;
 use crate::pipeline::{Config as PipelineConfig, Pipeline};
-use crate::ports::PortRole;
+use crate::ports::{Port, PortRole};
 use crate::resolve::Via;
 use crate::snapshot::{Mac, Snapshot};
 use crate::verdict::{Counters, DropReason, PortId, Verdict};
@@ -61,6 +63,30 @@ pub trait ArpSteer: Send {
     fn expire(&mut self);
 }
 
+/// Where a worker registers the sockets it opens, so that the steering program
+/// sends them frames.
+pub trait SocketRegistry: Send {
+    fn register(&mut self, port: PortId, queue: u32, fd: RawFd) -> Result<(), SteerError>;
+}
+
+/// A change to the interfaces the workers serve: pods that come and go.
+#[derive(Clone, Debug)]
+pub enum PortChange {
+    /// Serve `port` in slot `id`, on its first `queues` queues (worker `q` opens a
+    /// socket on queue `q` if there is one). The control side attaches the steering
+    /// program only after every worker has.
+    Add { id: PortId, port: Port, queues: u32 },
+    /// Stop serving slot `id`: its interface went away, or is no pod's any more. The
+    /// control side has already taken its sockets out of the XSKMAP.
+    Remove { id: PortId },
+}
+
+/// A [`PortChange`] on its way to one worker, and where it says how it went.
+pub struct PortRequest {
+    pub change: PortChange,
+    pub done: SyncSender<Result<(), String>>,
+}
+
 /// A frame on its way to the worker that owns its flow.
 #[derive(Clone, Copy, Debug)]
 pub struct Handed {
@@ -82,6 +108,8 @@ enum Egress {
     Own(usize),
     /// Through worker `w`: the port has no queue for this worker.
     Via(usize),
+    /// Nowhere: the slot's interface went away.
+    Gone,
 }
 
 /// What all workers of a node share besides the snapshot: handoff queues (one per
@@ -98,6 +126,8 @@ pub struct Fleet {
     /// Inspection queries for each worker (`kxdp flows`, `kxdp explain`), answered
     /// with the chores between batches; see [`crate::inspect`].
     pub inspect: Vec<ArrayQueue<FlowQuery>>,
+    /// Interfaces to start or stop serving, for each worker ([`Fleet::change_ports`]).
+    ports: Vec<ArrayQueue<PortRequest>>,
     /// Set by each worker while it sleeps, so that one handing it frames wakes it
     /// ([`Fleet::nudge`]) rather than leaving them until its poll times out.
     sleeping: Vec<AtomicBool>,
@@ -118,8 +148,42 @@ impl Fleet {
             inspect: (0..workers)
                 .map(|_| ArrayQueue::new(INSPECT_QUEUE))
                 .collect(),
+            ports: (0..workers).map(|_| ArrayQueue::new(4)).collect(),
             sleeping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             wakers: OnceLock::new(),
+        }
+    }
+
+    /// Has every worker make `change` between two batches, and waits for them all
+    /// (at most `timeout`). The control side calls it, one change at a time.
+    pub fn change_ports(&self, change: &PortChange, timeout: Duration) -> Result<(), String> {
+        let (done, results) = sync_channel(self.ports.len());
+        for (w, q) in self.ports.iter().enumerate() {
+            let req = PortRequest {
+                change: change.clone(),
+                done: done.clone(),
+            };
+            if q.push(req).is_err() {
+                return Err(format!("worker {w} has port changes pending"));
+            }
+            if let Some(wake) = self.wakers.get().and_then(|ws| ws.get(w)) {
+                let _ = wake.wake();
+            }
+        }
+        drop(done);
+        let deadline = Instant::now() + timeout;
+        let mut errors = Vec::new();
+        for _ in 0..self.ports.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match results.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => return Err("a worker did not answer".into()),
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(errors.join("; ")),
         }
     }
 
@@ -207,6 +271,9 @@ pub enum WorkerError {
 pub struct FrameCount {
     pub free: usize,
     pub in_rings: usize,
+    /// Frames held by zero-copy sockets of interfaces that went away (see
+    /// [`XskPort::close`]); none in copy mode.
+    pub lost: usize,
 }
 
 pub struct Worker {
@@ -220,6 +287,7 @@ pub struct Worker {
     pipeline: Pipeline,
     shared: Shared,
     arp: Box<dyn ArpSteer>,
+    sockets: Box<dyn SocketRegistry>,
     /// Per-egress-port TX batches, reused every loop.
     out: Vec<Vec<FrameDesc>>,
     sleeper: Sleeper,
@@ -236,12 +304,14 @@ pub struct Worker {
     /// transmit, and frames lost to a full queue of another worker.
     handed_tx: u64,
     queue_full: u64,
+    /// Frames for interfaces that went away; frames lost with them.
+    port_gone: u64,
+    lost: usize,
 }
 
 impl Worker {
     /// Opens a socket on queue `cfg.queue` of every port served on it (`slots`), over
-    /// `pool`'s UMEM; `register` puts each socket in the steering program's map
-    /// (port, queue, fd).
+    /// `pool`'s UMEM, and puts each in the steering program's map (`sockets`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
@@ -251,7 +321,7 @@ impl Worker {
         slots: &SocketSlots,
         shared: Shared,
         arp: Box<dyn ArpSteer>,
-        mut register: impl FnMut(PortId, u32, i32) -> Result<(), SteerError>,
+        mut sockets: Box<dyn SocketRegistry>,
     ) -> Result<Worker, WorkerError> {
         let mut ports = Vec::new();
         let mut pool = pool;
@@ -272,7 +342,7 @@ impl Worker {
             // Frames to receive into before the steering program sends any: the
             // kernel drops what finds the fill ring empty.
             port.refill(&mut pool.free, fill.share());
-            register(pid, cfg.queue, port.fd())?;
+            sockets.register(pid, cfg.queue, port.fd())?;
             egress.push(Egress::Own(ports.len()));
             ports.push(port);
         }
@@ -287,6 +357,9 @@ impl Worker {
             nudge: 0,
             handed_tx: 0,
             queue_full: 0,
+            port_gone: 0,
+            lost: 0,
+            sockets,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -332,6 +405,9 @@ impl Worker {
             if self.shared.snapshot.load().generation != current.generation {
                 let prev = std::mem::replace(&mut current, self.shared.snapshot.load_full());
                 self.take_up(Some(&prev), &current, now);
+            }
+            if !self.shared.fleet.ports[self.id].is_empty() {
+                self.change_ports();
             }
             let snap = &*current;
             let mut work = 0;
@@ -396,7 +472,14 @@ impl Worker {
                     break;
                 };
                 work += 1;
-                self.out[t.port.0 as usize].push(t.desc);
+                match self.out.get_mut(t.port.0 as usize) {
+                    Some(out) => out.push(t.desc),
+                    // A port this worker has not been told of yet (or no longer).
+                    None => {
+                        self.port_gone += 1;
+                        self.pool.free.push(t.desc);
+                    }
+                }
             }
             self.transmit();
             self.shared.fleet.nudge(std::mem::take(&mut self.nudge));
@@ -558,7 +641,85 @@ impl Worker {
                     }
                     self.nudge |= 1 << w;
                 }
+                Egress::Gone => {
+                    self.port_gone += descs.len() as u64;
+                    self.pool.free.append(descs);
+                }
             }
+        }
+    }
+
+    /// Makes the port changes the control side queued, and says how each went.
+    fn change_ports(&mut self) {
+        while let Some(req) = self.shared.fleet.ports[self.id].pop() {
+            let result = match req.change {
+                PortChange::Add { id, port, queues } => self.add_port(id, port, queues),
+                PortChange::Remove { id } => {
+                    self.remove_port(id);
+                    Ok(())
+                }
+            };
+            let _ = req.done.try_send(result);
+        }
+    }
+
+    /// Serves `port` in slot `id` from now on: a socket on this worker's queue if
+    /// it has one, its frames given to it before the steering program sends any.
+    fn add_port(&mut self, id: PortId, port: Port, queues: u32) -> Result<(), String> {
+        let slot = id.0 as usize;
+        if slot < self.egress.len() && self.egress[slot] != Egress::Gone {
+            return Err(format!("slot {} is taken", id.0));
+        }
+        if slot >= self.egress.len() {
+            self.egress.resize(slot + 1, Egress::Gone);
+            let cap = self.cfg.batch_size.max(1) * 2;
+            self.out.resize_with(slot + 1, || Vec::with_capacity(cap));
+        }
+        let egress = if self.cfg.queue < queues {
+            let (q, ring, bind) = (self.cfg.queue, self.cfg.ring_size, self.cfg.bind);
+            let mut xsk = XskPort::open(&self.pool, id, &port.name, q, ring, bind)
+                .map_err(|e| e.to_string())?;
+            if let Err(e) = self.sockets.register(id, q, xsk.fd()) {
+                self.lost += xsk.close(&mut self.pool.free);
+                return Err(e.to_string());
+            }
+            self.fill.add_port();
+            xsk.refill(&mut self.pool.free, self.fill.share());
+            self.ports.push(xsk);
+            self.held.push(0);
+            self.fill_targets.push(0);
+            self.sleeper.set_sockets(self.ports.iter().map(|p| p.fd()));
+            Egress::Own(self.ports.len() - 1)
+        } else {
+            Egress::Via((self.cfg.queue % queues) as usize)
+        };
+        self.egress[slot] = egress;
+        self.pipeline.set_port(id, Some(port));
+        Ok(())
+    }
+
+    /// Stops serving slot `id`: its socket closes and gives its frames back.
+    fn remove_port(&mut self, id: PortId) {
+        let slot = id.0 as usize;
+        let Some(&egress) = self.egress.get(slot) else {
+            return;
+        };
+        self.egress[slot] = Egress::Gone;
+        self.pipeline.set_port(id, None);
+        if let Egress::Own(i) = egress {
+            let xsk = self.ports.remove(i);
+            self.held.remove(i);
+            self.fill_targets.remove(i);
+            self.fill.remove_port(i);
+            for e in &mut self.egress {
+                if let Egress::Own(j) = e {
+                    if *j > i {
+                        *j -= 1;
+                    }
+                }
+            }
+            self.sleeper.set_sockets(self.ports.iter().map(|p| p.fd()));
+            self.lost += xsk.close(&mut self.pool.free);
         }
     }
 
@@ -621,6 +782,7 @@ impl Worker {
             s.counters = self.pipeline.counters().clone();
             s.counters.handed_tx = self.handed_tx;
             s.counters.drops[DropReason::WorkerQueueFull as usize] += self.queue_full;
+            s.counters.drops[DropReason::PortGone as usize] += self.port_gone;
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;
             s.services.clear();
@@ -650,6 +812,7 @@ impl Worker {
         FrameCount {
             free: self.pool.free.len(),
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),
+            lost: self.lost,
         }
     }
 }

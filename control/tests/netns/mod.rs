@@ -225,6 +225,8 @@ pub struct Topology {
     namespaces: Vec<String>,
     /// Queues of node1's uplink (and kxdp's `--queues`).
     pub queues: u32,
+    /// Queues of node1's pod veths.
+    pod_queues: u32,
 }
 
 impl Topology {
@@ -263,9 +265,9 @@ impl Topology {
             dir,
             namespaces: Vec::new(),
             queues,
+            pod_queues,
         };
         let mq = format!("numtxqueues {queues} numrxqueues {queues}");
-        let pod_mq = format!("numtxqueues {pod_queues} numrxqueues {pod_queues}");
         let pods = node1_pods
             .iter()
             .map(|&h| (1u8, h))
@@ -318,21 +320,7 @@ impl Topology {
         }
         ip(&format!("netns exec {n2} sysctl -qw net.ipv4.ip_forward=1"));
         for p in &t.pods {
-            let node = if p.node == 1 { &n1 } else { &n2 };
-            let (pod, host_if, addr) = (&p.ns, &p.host_if, p.ip);
-            let q = if p.node == 1 { pod_mq.as_str() } else { "" };
-            ip(&format!(
-                "-n {node} link add {host_if} {q} type veth peer name eth0 {q} netns {pod}"
-            ));
-            ip(&format!("-n {pod} addr add {addr}/32 dev eth0"));
-            ip(&format!("-n {pod} link set eth0 up"));
-            ip(&format!(
-                "-n {pod} route add 169.254.1.1 dev eth0 scope link"
-            ));
-            ip(&format!("-n {pod} route add default via 169.254.1.1"));
-            ip(&format!("-n {node} link set {host_if} up"));
-            // The registry Calico's CNI keeps in the kernel: a /32 per local pod.
-            ip(&format!("-n {node} route add {addr}/32 dev {host_if}"));
+            t.plug(p);
         }
         // node2's flannel.1, as flannel's VXLAN backend sets it up for node1's lease.
         ip(&format!(
@@ -353,6 +341,45 @@ impl Topology {
                 .split_whitespace(),
         ));
         t
+    }
+
+    /// Connects a pod to its node as a Calico-style CNI's ADD does: a veth pair,
+    /// the pod's address and routes, and a /32 route to it on the node.
+    pub fn plug(&self, p: &Pod) {
+        let node = if p.node == 1 {
+            &self.node1
+        } else {
+            &self.node2
+        };
+        let (pod, host_if, addr) = (&p.ns, &p.host_if, p.ip);
+        let q = match p.node {
+            1 => format!("numtxqueues {0} numrxqueues {0}", self.pod_queues),
+            _ => String::new(),
+        };
+        ip(&format!(
+            "-n {node} link add {host_if} {q} type veth peer name eth0 {q} netns {pod}"
+        ));
+        ip(&format!("-n {pod} addr add {addr}/32 dev eth0"));
+        ip(&format!("-n {pod} link set eth0 up"));
+        ip(&format!(
+            "-n {pod} route add 169.254.1.1 dev eth0 scope link"
+        ));
+        ip(&format!("-n {pod} route add default via 169.254.1.1"));
+        ip(&format!("-n {node} link set {host_if} up"));
+        // The registry Calico's CNI keeps in the kernel: a /32 per local pod.
+        ip(&format!("-n {node} route add {addr}/32 dev {host_if}"));
+    }
+
+    /// Disconnects a pod as a CNI's DEL does: its veth pair is deleted, and the
+    /// kernel drops the route through it. Its namespace stays, for [`Topology::plug`].
+    #[allow(dead_code)] // not every test crate that includes this module unplugs pods
+    pub fn unplug(&self, p: &Pod) {
+        let node = if p.node == 1 {
+            &self.node1
+        } else {
+            &self.node2
+        };
+        ip(&format!("-n {node} link del {}", p.host_if));
     }
 
     pub fn pod(&self, node: u8, host: u8) -> &Pod {
@@ -462,9 +489,12 @@ impl Topology {
         argv.extend_from_slice(source);
         argv.extend(["--node-name", "node1", "--uplink", UPLINK]);
         argv.extend(["--admin-socket", admin_socket.to_str().expect("utf-8 path")]);
-        for p in self.pods.iter().filter(|p| p.node == 1) {
-            argv.push("--pod-iface");
-            argv.push(&p.host_if);
+        // Unless kxdp finds them itself.
+        if !source.contains(&"--pod-routes") {
+            for p in self.pods.iter().filter(|p| p.node == 1) {
+                argv.push("--pod-iface");
+                argv.push(&p.host_if);
+            }
         }
         let queues = self.queues.to_string();
         // Unless the test chose how many queues kxdp serves.

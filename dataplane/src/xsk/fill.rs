@@ -35,6 +35,7 @@ struct PortFill {
 pub struct FillShares {
     /// The even share every port is kept at.
     share: usize,
+    frames: usize,
     ring: usize,
     /// Frames all ports together may hold beyond their share.
     budget: usize,
@@ -44,13 +45,34 @@ pub struct FillShares {
 impl FillShares {
     /// Shares of a worker's `frames` among `ports` fill rings of `ring` descriptors.
     pub fn new(frames: usize, ports: usize, ring: usize) -> FillShares {
-        let share = (frames / (ports.max(1) * 2)).min(ring).max(1);
-        FillShares {
-            share,
+        let mut f = FillShares {
+            share: 0,
+            frames,
             ring,
             budget: frames / 4,
             ports: vec![PortFill::default(); ports],
-        }
+        };
+        f.reshare();
+        f
+    }
+
+    fn reshare(&mut self) {
+        self.share = (self.frames / (self.ports.len().max(1) * 2))
+            .min(self.ring)
+            .max(1);
+    }
+
+    /// A port was added, after the others: every share shrinks (a port above it is
+    /// simply not topped up until it is back under).
+    pub fn add_port(&mut self) {
+        self.ports.push(PortFill::default());
+        self.reshare();
+    }
+
+    /// Port `i` was removed; the ports after it move down one.
+    pub fn remove_port(&mut self, i: usize) {
+        self.ports.remove(i);
+        self.reshare();
     }
 
     /// The even share.
@@ -110,6 +132,24 @@ mod tests {
         let mut t = vec![0; held.len()];
         f.plan(Nanos(now), held, &mut t);
         t
+    }
+
+    #[test]
+    fn shares_follow_ports_that_come_and_go() {
+        let mut f = FillShares::new(32768, 1, 4096);
+        assert_eq!(f.share(), 4096);
+        for _ in 0..15 {
+            f.add_port();
+        }
+        assert_eq!(f.share(), 1024);
+        f.received(15, Nanos(0), 64, 64);
+        f.remove_port(0);
+        assert_eq!(f.share(), 32768 / 30);
+        // The grown port moved down one and is still grown.
+        let mut held = vec![0; 15];
+        held[14] = 2000;
+        let t = plan(&mut f, 0, &held);
+        assert!(t[14] > f.share() && t[13] == f.share(), "{t:?}");
     }
 
     #[test]

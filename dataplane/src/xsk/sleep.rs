@@ -75,6 +75,18 @@ impl Sleeper {
         self.wake.clone()
     }
 
+    /// Sleeps on `sockets` from now on (a port was added or removed).
+    pub fn set_sockets(&mut self, sockets: impl IntoIterator<Item = RawFd>) {
+        let wake = self.fds.pop();
+        self.fds.clear();
+        self.fds.extend(sockets.into_iter().map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        self.fds.extend(wake);
+    }
+
     /// Sleeps until a socket has frames to receive, the worker is woken, or
     /// `timeout` passes.
     pub fn sleep(&mut self, timeout: Duration) -> io::Result<()> {

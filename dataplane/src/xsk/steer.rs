@@ -250,8 +250,9 @@ impl Steering {
             .map_err(|err| SteerError::Map { map: name, err })
     }
 
-    /// Attaches the program to `iface`, the `i`th interface of `slots`: its sockets
-    /// use the keys [`SocketSlots::key`] gives.
+    /// Attaches the program to `iface`, the `i`th interface of `slots`, served on its
+    /// first `served` queues (at most `slots.queues(i)`): its sockets use the keys
+    /// [`SocketSlots::key`] gives.
     pub fn attach(
         &mut self,
         iface: &str,
@@ -259,12 +260,14 @@ impl Steering {
         mode: XdpMode,
         slots: &SocketSlots,
         i: u32,
+        served: u32,
     ) -> Result<u32, SteerError> {
+        debug_assert!(served <= slots.queues(i));
         let ifindex = ifindex(iface)?;
         let mut value = [0u8; 12];
         value[0..4].copy_from_slice(&slots.base(i).to_ne_bytes());
         value[4..8].copy_from_slice(&(role as u32).to_ne_bytes());
-        value[8..12].copy_from_slice(&slots.queues(i).to_ne_bytes());
+        value[8..12].copy_from_slice(&served.to_ne_bytes());
         self.update("ifaces", &ifindex.to_ne_bytes(), &value)?;
         let prog = self
             .obj
@@ -285,9 +288,32 @@ impl Steering {
         Ok(ifindex)
     }
 
-    /// Puts an AF_XDP socket in the XSKMAP under `key` (slot + queue).
-    pub fn register_socket(&self, key: u32, fd: RawFd) -> Result<(), SteerError> {
-        self.update("xsks", &key.to_ne_bytes(), &(fd as u32).to_ne_bytes())
+    /// Stops steering interface `ifindex` (the `i`th of `slots`): the program is
+    /// detached if the interface still exists, and its entries and sockets leave the
+    /// maps, so that the sockets can close. Errors about an interface that is already
+    /// gone are expected and ignored.
+    pub fn detach(&mut self, ifindex: u32, slots: &SocketSlots, i: u32) {
+        if let Some(at) = self.attached.iter().position(|a| a.ifindex == ifindex) {
+            let a = self.attached.swap_remove(at);
+            // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
+            unsafe { libbpf_sys::bpf_xdp_detach(a.ifindex as i32, a.flags, std::ptr::null()) };
+        }
+        let _ = self.delete("ifaces", &ifindex.to_ne_bytes());
+        for q in 0..slots.queues(i) {
+            let _ = self.delete("xsks", &slots.key(i, q).to_ne_bytes());
+        }
+    }
+
+    /// A handle on the XSKMAP for a worker thread, which registers the sockets it
+    /// opens (at start, and for pods that come later).
+    pub fn socket_map(&self, slots: &SocketSlots) -> Result<SocketMap, SteerError> {
+        let map = self.map("xsks")?;
+        MapHandle::try_from(&map)
+            .map(|map| SocketMap {
+                map,
+                slots: slots.clone(),
+            })
+            .map_err(|err| SteerError::Map { map: "xsks", err })
     }
 
     /// Turns steering on (after the sockets are registered) or off (before they close).
@@ -496,6 +522,30 @@ impl Steering {
             }
         }
         Ok(new)
+    }
+}
+
+/// The steering program's XSKMAP, for a worker: where its sockets are registered.
+pub struct SocketMap {
+    map: MapHandle,
+    slots: SocketSlots,
+}
+
+impl crate::worker::SocketRegistry for SocketMap {
+    fn register(
+        &mut self,
+        port: crate::verdict::PortId,
+        queue: u32,
+        fd: RawFd,
+    ) -> Result<(), SteerError> {
+        let key = self.slots.key(port.0 as u32, queue);
+        self.map
+            .update(
+                &key.to_ne_bytes(),
+                &(fd as u32).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|err| SteerError::Map { map: "xsks", err })
     }
 }
 

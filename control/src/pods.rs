@@ -1,0 +1,228 @@
+//! Pods that come and go (`--pod-routes`): kxdp serves every interface that a /32
+//! route in the node's pod CIDR goes through, the registry a Calico-style CNI keeps
+//! in the kernel (one host-side veth and one /32 route per pod), and follows it.
+//!
+//! The route table is read from `/proc/net/route` every [`SCAN_EVERY`]: a few
+//! hundred lines, where a netlink subscription would be a second event loop for the
+//! same answer. Until kxdp has attached to a new pod's veth (within that period),
+//! the pod's frames go to the kernel, which routes them but translates no Service.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kxdp_dataplane::ports::{Port, PortRole};
+use kxdp_dataplane::snapshot::Ipv4Net;
+use kxdp_dataplane::verdict::PortId;
+use kxdp_dataplane::worker::{Fleet, PortChange};
+use kxdp_dataplane::xsk::steer::{self, Role, SocketSlots, Steering, XdpMode};
+
+/// How often the route table is read.
+pub const SCAN_EVERY: Duration = Duration::from_millis(100);
+/// How long a pod interface that could not be served waits before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long the control side waits for the workers to open or close sockets.
+const WORKERS_WITHIN: Duration = Duration::from_secs(5);
+
+/// The interfaces `/proc/net/route` (`table`) sends a pod of `cidrs` through: those
+/// of its up, gateway-less /32 routes inside a pod CIDR, but `except` (the uplink,
+/// and interfaces served with `--pod-iface`).
+pub fn pod_interfaces(table: &str, cidrs: &[Ipv4Net], except: &[&str]) -> BTreeSet<String> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    let hex = |f: &str| u32::from_str_radix(f, 16).ok();
+    // The kernel prints each address as the u32 it stores: network order in memory,
+    // so a little-endian read gives the octets back in order.
+    let addr = |f: &str| hex(f).map(|v| Ipv4Addr::from(v.to_le_bytes()));
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (iface, dst, flags, mask) = (
+                *f.first()?,
+                addr(f.get(1)?)?,
+                hex(f.get(3)?)?,
+                hex(f.get(7)?)?,
+            );
+            let host = mask == u32::MAX && flags & RTF_UP != 0 && flags & RTF_GATEWAY == 0;
+            (host && cidrs.iter().any(|c| c.contains(dst)) && !except.contains(&iface))
+                .then(|| iface.to_owned())
+        })
+        .collect()
+}
+
+/// A pod interface kxdp serves: its slot (the [`PortId`] and XSKMAP slot) and the
+/// ifindex the program was attached to.
+struct Served {
+    name: String,
+    ifindex: u32,
+}
+
+/// The pods served through their routes, slot by slot.
+pub struct PodPorts {
+    /// Slot `first + i` is `slots[i]`.
+    served: Vec<Option<Served>>,
+    first: u16,
+    except: Vec<String>,
+    next_scan: Instant,
+    /// Interfaces that could not be served, and when to try again.
+    failed: Vec<(String, Instant)>,
+}
+
+/// What a pod interface is to kxdp: its port, served on how many queues.
+pub type Facts<'a> = &'a dyn Fn(&str) -> Result<(Port, u32)>;
+
+impl PodPorts {
+    /// Room for `max` pods in the slots after the `first` ones (the uplink and the
+    /// `--pod-iface` interfaces, named in `except`).
+    pub fn new(first: u16, max: u32, except: Vec<String>) -> PodPorts {
+        PodPorts {
+            served: (0..max).map(|_| None).collect(),
+            first,
+            except,
+            next_scan: Instant::now(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// Pods served now.
+    pub fn len(&self) -> usize {
+        self.served.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the route table if it is time, and starts or stops serving the pod
+    /// interfaces that came or went. Errors are logged: a pod that cannot be served
+    /// is left to the kernel and tried again later; the others go on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn follow(
+        &mut self,
+        cidrs: &[Ipv4Net],
+        steering: &mut Steering,
+        slots: &SocketSlots,
+        mode: XdpMode,
+        fleet: &Fleet,
+        facts: Facts<'_>,
+    ) {
+        let now = Instant::now();
+        if now < self.next_scan {
+            return;
+        }
+        self.next_scan = now + SCAN_EVERY;
+        let table = match std::fs::read_to_string("/proc/net/route") {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot read /proc/net/route: {e}");
+                return;
+            }
+        };
+        let except: Vec<&str> = self.except.iter().map(String::as_str).collect();
+        let want = pod_interfaces(&table, cidrs, &except);
+        for i in 0..self.served.len() {
+            let gone = self.served[i].as_ref().is_some_and(|s| {
+                !want.contains(&s.name) || steer::ifindex(&s.name).ok() != Some(s.ifindex)
+            });
+            if gone {
+                self.remove(i, steering, slots, fleet);
+            }
+        }
+        self.failed.retain(|(_, at)| *at > now);
+        for name in want {
+            let known = self.served.iter().flatten().any(|s| s.name == name)
+                || self.failed.iter().any(|(n, _)| *n == name);
+            if known {
+                continue;
+            }
+            if let Err(e) = self.add(&name, steering, slots, mode, fleet, facts) {
+                tracing::warn!(iface = %name, "pod interface not served, left to the kernel; retried in {RETRY_AFTER:?}: {e:#}");
+                self.failed.push((name, now + RETRY_AFTER));
+            }
+        }
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        steering: &mut Steering,
+        slots: &SocketSlots,
+        mode: XdpMode,
+        fleet: &Fleet,
+        facts: Facts<'_>,
+    ) -> Result<()> {
+        let Some(i) = self.served.iter().position(Option::is_none) else {
+            anyhow::bail!("all {} --max-pods slots are taken", self.served.len());
+        };
+        let (port, queues) = facts(name)?;
+        anyhow::ensure!(port.role == PortRole::Pod, "not a pod interface");
+        let id = PortId(self.first + i as u16);
+        let add = PortChange::Add { id, port, queues };
+        if let Err(e) = fleet.change_ports(&add, WORKERS_WITHIN) {
+            let _ = fleet.change_ports(&PortChange::Remove { id }, WORKERS_WITHIN);
+            anyhow::bail!("workers: {e}");
+        }
+        match steering.attach(name, Role::Pod, mode, slots, id.0 as u32, queues) {
+            Ok(ifindex) => {
+                self.served[i] = Some(Served {
+                    name: name.to_owned(),
+                    ifindex,
+                });
+                tracing::info!(iface = %name, slot = id.0, queues, "pod interface served");
+                Ok(())
+            }
+            Err(e) => {
+                if let Ok(ifindex) = steer::ifindex(name) {
+                    steering.detach(ifindex, slots, id.0 as u32);
+                }
+                let _ = fleet.change_ports(&PortChange::Remove { id }, WORKERS_WITHIN);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize, steering: &mut Steering, slots: &SocketSlots, fleet: &Fleet) {
+        let Some(s) = self.served[i].take() else {
+            return;
+        };
+        let id = PortId(self.first + i as u16);
+        // The sockets leave the XSKMAP first: it holds them open.
+        steering.detach(s.ifindex, slots, id.0 as u32);
+        match fleet.change_ports(&PortChange::Remove { id }, WORKERS_WITHIN) {
+            Ok(()) => tracing::info!(iface = %s.name, slot = id.0, "pod interface gone"),
+            // A worker that did not answer still removes it when it gets to it.
+            Err(e) => tracing::warn!(iface = %s.name, slot = id.0, "pod interface gone: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+n1u\t00000000\t0180C6C6\t0003\t0\t0\t0\t00000000\t0\t0\t0
+n1u\t0080C6C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+cali1\t0A0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+cali2\t0B0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+down3\t0C0112C6\t00000000\t0004\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+via4\t0D0112C6\t0180C6C6\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+other\t0A0212C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+static\t0E0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+";
+
+    #[test]
+    fn pod_interfaces_are_those_of_direct_host_routes_in_the_pod_cidr() {
+        let cidr = Ipv4Net::new(Ipv4Addr::new(198, 18, 1, 0), 24).unwrap();
+        let got = pod_interfaces(TABLE, &[cidr], &["static"]);
+        // Not: the default and underlay routes, a route that is down, one through a
+        // gateway, another node's pod, an interface served with --pod-iface.
+        assert_eq!(got, BTreeSet::from(["cali1".into(), "cali2".into()]));
+        assert!(pod_interfaces(TABLE, &[], &[]).is_empty());
+        assert!(pod_interfaces("garbage\nline", &[cidr], &[]).is_empty());
+    }
+}
