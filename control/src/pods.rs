@@ -16,7 +16,9 @@ use kxdp_dataplane::ports::{Port, PortRole};
 use kxdp_dataplane::snapshot::Ipv4Net;
 use kxdp_dataplane::verdict::PortId;
 use kxdp_dataplane::worker::{Fleet, PortChange};
+use kxdp_dataplane::xsk::port::{BindMode, XskPort};
 use kxdp_dataplane::xsk::steer::{self, Role, SocketSlots, Steering, XdpMode};
+use kxdp_dataplane::xsk::{FrameDesc, Umem};
 
 /// How often the route table is read.
 pub const SCAN_EVERY: Duration = Duration::from_millis(100);
@@ -60,11 +62,32 @@ struct Served {
     ifindex: u32,
 }
 
+/// How pods' sockets are opened: on the workers' UMEM, as theirs are.
+pub struct Sockets {
+    pub umem: Umem,
+    pub chunk_shift: u32,
+    pub ring_size: u32,
+    pub bind: BindMode,
+}
+
+/// Where the pods' ports go: the steering program, its socket slots, the workers.
+pub struct Dataplane<'a> {
+    pub steering: &'a mut Steering,
+    pub slots: &'a SocketSlots,
+    pub mode: XdpMode,
+    pub fleet: &'a Fleet,
+    pub sockets: &'a Sockets,
+}
+
 /// The pods served through their routes, slot by slot.
 pub struct PodPorts {
-    /// Slot `first + i` is `slots[i]`.
+    /// Slot `first + i` is `served[i]`.
     served: Vec<Option<Served>>,
     first: u16,
+    /// Where the search for a free slot starts: after the last one taken, so a
+    /// slot just freed is the last to be taken again (frames and neighbours of the
+    /// pod that had it may still be on their way).
+    cursor: usize,
     except: Vec<String>,
     next_scan: Instant,
     /// Interfaces that could not be served, and when to try again.
@@ -81,6 +104,7 @@ impl PodPorts {
         PodPorts {
             served: (0..max).map(|_| None).collect(),
             first,
+            cursor: 0,
             except,
             next_scan: Instant::now(),
             failed: Vec::new(),
@@ -99,16 +123,7 @@ impl PodPorts {
     /// Reads the route table if it is time, and starts or stops serving the pod
     /// interfaces that came or went. Errors are logged: a pod that cannot be served
     /// is left to the kernel and tried again later; the others go on.
-    #[allow(clippy::too_many_arguments)]
-    pub fn follow(
-        &mut self,
-        cidrs: &[Ipv4Net],
-        steering: &mut Steering,
-        slots: &SocketSlots,
-        mode: XdpMode,
-        fleet: &Fleet,
-        facts: Facts<'_>,
-    ) {
+    pub fn follow(&mut self, cidrs: &[Ipv4Net], dp: &mut Dataplane<'_>, facts: Facts<'_>) {
         let now = Instant::now();
         if now < self.next_scan {
             return;
@@ -128,7 +143,7 @@ impl PodPorts {
                 !want.contains(&s.name) || steer::ifindex(&s.name).ok() != Some(s.ifindex)
             });
             if gone {
-                self.remove(i, steering, slots, fleet);
+                self.remove(i, dp);
             }
         }
         self.failed.retain(|(_, at)| *at > now);
@@ -138,63 +153,110 @@ impl PodPorts {
             if known {
                 continue;
             }
-            if let Err(e) = self.add(&name, steering, slots, mode, fleet, facts) {
+            if let Err(e) = self.add(&name, dp, facts) {
                 tracing::warn!(iface = %name, "pod interface not served, left to the kernel; retried in {RETRY_AFTER:?}: {e:#}");
                 self.failed.push((name, now + RETRY_AFTER));
             }
         }
     }
 
-    fn add(
-        &mut self,
-        name: &str,
-        steering: &mut Steering,
-        slots: &SocketSlots,
-        mode: XdpMode,
-        fleet: &Fleet,
-        facts: Facts<'_>,
-    ) -> Result<()> {
-        let Some(i) = self.served.iter().position(Option::is_none) else {
-            anyhow::bail!("all {} --max-pods slots are taken", self.served.len());
+    fn add(&mut self, name: &str, dp: &mut Dataplane<'_>, facts: Facts<'_>) -> Result<()> {
+        let n = self.served.len();
+        let Some(i) = (0..n)
+            .map(|k| (self.cursor + k) % n)
+            .find(|&i| self.served[i].is_none())
+        else {
+            anyhow::bail!("all {n} --max-pods slots are taken");
         };
+        // The interface as it is now: if it is replaced while kxdp sets up, the
+        // sockets and the program would be on two different interfaces.
+        let ifindex = steer::ifindex(name)?;
         let (port, queues) = facts(name)?;
         anyhow::ensure!(port.role == PortRole::Pod, "not a pod interface");
         let id = PortId(self.first + i as u16);
+        let key = |q| dp.slots.key(id.0 as u32, q);
+        let mut sockets = Vec::new();
+        for q in 0..queues {
+            let s = &dp.sockets;
+            let opened = XskPort::open_on(&s.umem, s.chunk_shift, id, name, q, s.ring_size, s.bind)
+                .map_err(anyhow::Error::from)
+                .and_then(|x| {
+                    dp.steering.register_socket(key(q), x.fd())?;
+                    Ok(x)
+                });
+            match opened {
+                Ok(x) => sockets.push(Some(x)),
+                Err(e) => {
+                    self.undo(id, ifindex, dp, sockets.into_iter().flatten().collect());
+                    return Err(e);
+                }
+            }
+        }
         let add = PortChange::Add { id, port, queues };
-        if let Err(e) = fleet.change_ports(&add, WORKERS_WITHIN) {
-            let _ = fleet.change_ports(&PortChange::Remove { id }, WORKERS_WITHIN);
+        let (done, back) = dp.fleet.change_ports(&add, sockets, WORKERS_WITHIN);
+        if let Err(e) = done {
+            self.undo(id, ifindex, dp, back);
             anyhow::bail!("workers: {e}");
         }
-        match steering.attach(name, Role::Pod, mode, slots, id.0 as u32, queues) {
-            Ok(ifindex) => {
+        let attached = dp
+            .steering
+            .attach(name, Role::Pod, dp.mode, dp.slots, id.0 as u32, queues);
+        match attached {
+            Ok(at) if at == ifindex => {
                 self.served[i] = Some(Served {
                     name: name.to_owned(),
                     ifindex,
                 });
+                self.cursor = i + 1;
                 tracing::info!(iface = %name, slot = id.0, queues, "pod interface served");
                 Ok(())
             }
+            Ok(at) => {
+                dp.steering.detach(at, dp.slots, id.0 as u32);
+                self.undo(id, ifindex, dp, Vec::new());
+                anyhow::bail!("the interface was replaced while kxdp set it up")
+            }
             Err(e) => {
-                if let Ok(ifindex) = steer::ifindex(name) {
-                    steering.detach(ifindex, slots, id.0 as u32);
-                }
-                let _ = fleet.change_ports(&PortChange::Remove { id }, WORKERS_WITHIN);
+                self.undo(id, ifindex, dp, Vec::new());
                 Err(e.into())
             }
         }
     }
 
-    fn remove(&mut self, i: usize, steering: &mut Steering, slots: &SocketSlots, fleet: &Fleet) {
+    fn remove(&mut self, i: usize, dp: &mut Dataplane<'_>) {
         let Some(s) = self.served[i].take() else {
             return;
         };
         let id = PortId(self.first + i as u16);
-        // The sockets leave the XSKMAP first: it holds them open.
-        steering.detach(s.ifindex, slots, id.0 as u32);
-        match fleet.change_ports(&PortChange::Remove { id }, WORKERS_WITHIN) {
-            Ok(()) => tracing::info!(iface = %s.name, slot = id.0, "pod interface gone"),
-            // A worker that did not answer still removes it when it gets to it.
-            Err(e) => tracing::warn!(iface = %s.name, slot = id.0, "pod interface gone: {e}"),
+        self.undo(id, s.ifindex, dp, Vec::new());
+        tracing::info!(iface = %s.name, slot = id.0, "pod interface gone");
+    }
+
+    /// Takes slot `id` out of the program, its maps and the workers, and closes its
+    /// sockets (and `sockets`, opened and not handed over): off the workers, since
+    /// a close waits on the kernel. Their frames go back to the workers' spares.
+    fn undo(
+        &mut self,
+        id: PortId,
+        ifindex: u32,
+        dp: &mut Dataplane<'_>,
+        mut sockets: Vec<XskPort>,
+    ) {
+        // First out of the XSKMAP, so that nothing is steered to a closing socket.
+        dp.steering.detach(ifindex, dp.slots, id.0 as u32);
+        let (done, back) =
+            dp.fleet
+                .change_ports(&PortChange::Remove { id }, Vec::new(), WORKERS_WITHIN);
+        sockets.extend(back);
+        let mut frames: Vec<FrameDesc> = Vec::new();
+        for s in sockets {
+            s.close(&mut frames);
+        }
+        dp.fleet.give_back(frames);
+        if let Err(e) = done {
+            // A worker that did not answer still removes it when it gets to it, and
+            // closes the socket then, its frames lost to the count at exit.
+            tracing::warn!(slot = id.0, "removing a pod interface: {e}");
         }
     }
 }

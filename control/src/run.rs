@@ -27,7 +27,7 @@ use crate::admin;
 use crate::cli::{BindArg, FrameSizeArg, RunArgs, XdpModeArg};
 use crate::endpoints::{self, State, SyncState};
 use crate::metrics::{self, DataplaneMetrics, SyncMetrics};
-use crate::pods::PodPorts;
+use crate::pods::{Dataplane, PodPorts, Sockets};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -291,6 +291,12 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     // be handed to the worker that owns its flow (see dataplane::owners).
     let total_frames = a.frames.saturating_mul(a.queues);
     let pools = FramePool::new(total_frames, frame_size(&a), a.ring_size)?.split(a.queues as usize);
+    let pod_sockets = Sockets {
+        umem: pools[0].umem.clone(),
+        chunk_shift: pools[0].chunk_shift,
+        ring_size: a.ring_size,
+        bind,
+    };
     let fleet = Arc::new(Fleet::new(a.queues as usize, total_frames as usize));
     let owners = (a.queues > 1).then(|| {
         Arc::new(FlowOwners::new(
@@ -331,7 +337,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             &slots,
             shared,
             arp,
-            Box::new(steering.socket_map(&slots)?),
+            |port, queue, fd| steering.register_socket(slots.key(port.0 as u32, queue), fd),
         )?;
         workers.push(w);
     }
@@ -505,7 +511,14 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         }
         if let Some(pods) = &mut pods {
             let cidrs = shared_snapshot.load().node.pod_cidrs.clone();
-            pods.follow(&cidrs, &mut steering, &slots, mode, &fleet, &pod_facts);
+            let mut dp = Dataplane {
+                steering: &mut steering,
+                slots: &slots,
+                mode,
+                fleet: &fleet,
+                sockets: &pod_sockets,
+            };
+            pods.follow(&cidrs, &mut dp, &pod_facts);
         }
         let failing = (source.failing)();
         sync_metrics.watches_failing.set(i64::from(failing));
@@ -529,14 +542,11 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     // Steering off first: from here on the kernel gets everything (fail open).
     steering.set_enabled(false, vtep, vxlan_port)?;
     stop.store(true, Ordering::Relaxed);
-    let (mut accounted, mut lost) = (0, 0);
+    let mut accounted = 0;
     let mut failed = false;
     for (q, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(count)) => {
-                accounted += count.free + count.in_rings;
-                lost += count.lost;
-            }
+            Ok(Ok(count)) => accounted += count.free + count.in_rings,
             Ok(Err(e)) => {
                 tracing::error!(queue = q, "worker failed: {e}");
                 failed = true;
@@ -549,13 +559,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     }
     // Only now: until every worker has stopped, one may still queue frames for another.
     accounted += fleet.parked();
-    let leaked = !failed && accounted + lost != total_frames as usize;
-    if lost > 0 {
-        tracing::warn!(
-            lost,
-            "frames lost with zero-copy sockets of interfaces that went away"
-        );
-    }
+    let leaked = !failed && accounted != total_frames as usize;
     if leaked {
         tracing::error!(accounted, total = total_frames, "frames leaked");
     } else if !failed {

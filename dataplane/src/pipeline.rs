@@ -385,6 +385,15 @@ impl Pipeline {
         self.cfg.ports.set(id, port);
     }
 
+    /// A neighbour another worker learned. Ignored when its port is vacant here:
+    /// the news crossed the port's removal, and an entry on a vacant port would keep
+    /// the address from being asked for again when its pod comes back elsewhere.
+    pub fn learn_shared(&mut self, ip: Ipv4Addr, n: Neighbour, now: Nanos) {
+        if self.cfg.ports.get(n.port).is_some() && self.neighbours.learn(ip, n, now) {
+            self.memo.forget();
+        }
+    }
+
     /// Static neighbours (configuration) and inspection.
     pub fn neighbours_mut(&mut self) -> &mut NeighbourTable {
         self.memo.forget();

@@ -11,7 +11,6 @@
 //! busy-poll.
 
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
@@ -63,28 +62,33 @@ pub trait ArpSteer: Send {
     fn expire(&mut self);
 }
 
-/// Where a worker registers the sockets it opens, so that the steering program
-/// sends them frames.
-pub trait SocketRegistry: Send {
-    fn register(&mut self, port: PortId, queue: u32, fd: RawFd) -> Result<(), SteerError>;
-}
-
 /// A change to the interfaces the workers serve: pods that come and go.
 #[derive(Clone, Debug)]
 pub enum PortChange {
-    /// Serve `port` in slot `id`, on its first `queues` queues (worker `q` opens a
-    /// socket on queue `q` if there is one). The control side attaches the steering
-    /// program only after every worker has.
+    /// Serve `port` in slot `id`, on its first `queues` queues: worker `q` gets the
+    /// socket on queue `q` if there is one, and transmits through worker
+    /// `q mod queues` otherwise. The control side opens the sockets (opening and
+    /// closing one waits on the kernel for milliseconds, which no worker should), and
+    /// attaches the steering program only after every worker has taken its own.
     Add { id: PortId, port: Port, queues: u32 },
     /// Stop serving slot `id`: its interface went away, or is no pod's any more. The
-    /// control side has already taken its sockets out of the XSKMAP.
+    /// control side has already taken its sockets out of the XSKMAP; each worker
+    /// gives its socket back, for the control side to close.
     Remove { id: PortId },
 }
 
-/// A [`PortChange`] on its way to one worker, and where it says how it went.
-pub struct PortRequest {
-    pub change: PortChange,
-    pub done: SyncSender<Result<(), String>>,
+/// A [`PortChange`] on its way to one worker, with its socket on the port.
+struct PortRequest {
+    change: PortChange,
+    socket: Option<XskPort>,
+    done: SyncSender<PortDone>,
+}
+
+/// How a worker made a [`PortChange`], and the socket it gives back (that of a
+/// removed port, or the one of an Add it refused).
+struct PortDone {
+    result: Result<(), String>,
+    socket: Option<XskPort>,
 }
 
 /// A frame on its way to the worker that owns its flow.
@@ -154,17 +158,32 @@ impl Fleet {
         }
     }
 
-    /// Has every worker make `change` between two batches, and waits for them all
-    /// (at most `timeout`). The control side calls it, one change at a time.
-    pub fn change_ports(&self, change: &PortChange, timeout: Duration) -> Result<(), String> {
+    /// Has every worker make `change` between two batches, worker `w` taking
+    /// `sockets[w]`, and waits for them all (at most `timeout`). Returns how it went
+    /// and the sockets the workers gave back, for the caller to close. The control
+    /// side calls it, one change at a time.
+    pub fn change_ports(
+        &self,
+        change: &PortChange,
+        mut sockets: Vec<Option<XskPort>>,
+        timeout: Duration,
+    ) -> (Result<(), String>, Vec<XskPort>) {
+        // The control side is the only producer: with room in every queue now, every
+        // worker gets the change, or none does.
+        if self.ports.iter().any(|q| q.is_full()) {
+            let back = sockets.into_iter().flatten().collect();
+            return (Err("workers have port changes pending".into()), back);
+        }
+        sockets.resize_with(self.ports.len(), || None);
         let (done, results) = sync_channel(self.ports.len());
-        for (w, q) in self.ports.iter().enumerate() {
+        for ((w, q), socket) in self.ports.iter().enumerate().zip(sockets) {
             let req = PortRequest {
                 change: change.clone(),
+                socket,
                 done: done.clone(),
             };
             if q.push(req).is_err() {
-                return Err(format!("worker {w} has port changes pending"));
+                unreachable!("checked for room, and nobody else pushes");
             }
             if let Some(wake) = self.wakers.get().and_then(|ws| ws.get(w)) {
                 let _ = wake.wake();
@@ -172,18 +191,32 @@ impl Fleet {
         }
         drop(done);
         let deadline = Instant::now() + timeout;
-        let mut errors = Vec::new();
+        let (mut errors, mut back) = (Vec::new(), Vec::new());
         for _ in 0..self.ports.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             match results.recv_timeout(left) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(e),
-                Err(_) => return Err("a worker did not answer".into()),
+                Ok(d) => {
+                    back.extend(d.socket);
+                    errors.extend(d.result.err());
+                }
+                Err(_) => {
+                    errors.push("a worker did not answer".into());
+                    break;
+                }
             }
         }
         match errors.is_empty() {
-            true => Ok(()),
-            false => Err(errors.join("; ")),
+            true => (Ok(()), back),
+            false => (Err(errors.join("; ")), back),
+        }
+    }
+
+    /// Frames taken back from a socket the control side closed: the workers take
+    /// them up from the spares ([`balance`]).
+    pub fn give_back(&self, frames: Vec<FrameDesc>) {
+        for d in frames {
+            // The spares hold every frame there is: never full.
+            let _ = self.spare.push(d);
         }
     }
 
@@ -271,9 +304,6 @@ pub enum WorkerError {
 pub struct FrameCount {
     pub free: usize,
     pub in_rings: usize,
-    /// Frames held by zero-copy sockets of interfaces that went away (see
-    /// [`XskPort::close`]); none in copy mode.
-    pub lost: usize,
 }
 
 pub struct Worker {
@@ -287,7 +317,6 @@ pub struct Worker {
     pipeline: Pipeline,
     shared: Shared,
     arp: Box<dyn ArpSteer>,
-    sockets: Box<dyn SocketRegistry>,
     /// Per-egress-port TX batches, reused every loop.
     out: Vec<Vec<FrameDesc>>,
     sleeper: Sleeper,
@@ -304,14 +333,14 @@ pub struct Worker {
     /// transmit, and frames lost to a full queue of another worker.
     handed_tx: u64,
     queue_full: u64,
-    /// Frames for interfaces that went away; frames lost with them.
+    /// Frames for interfaces that went away.
     port_gone: u64,
-    lost: usize,
 }
 
 impl Worker {
     /// Opens a socket on queue `cfg.queue` of every port served on it (`slots`), over
-    /// `pool`'s UMEM, and puts each in the steering program's map (`sockets`).
+    /// `pool`'s UMEM; `register` puts each socket in the steering program's map
+    /// (port, queue, fd).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
@@ -321,7 +350,7 @@ impl Worker {
         slots: &SocketSlots,
         shared: Shared,
         arp: Box<dyn ArpSteer>,
-        mut sockets: Box<dyn SocketRegistry>,
+        mut register: impl FnMut(PortId, u32, i32) -> Result<(), SteerError>,
     ) -> Result<Worker, WorkerError> {
         let mut ports = Vec::new();
         let mut pool = pool;
@@ -342,7 +371,7 @@ impl Worker {
             // Frames to receive into before the steering program sends any: the
             // kernel drops what finds the fill ring empty.
             port.refill(&mut pool.free, fill.share());
-            sockets.register(pid, cfg.queue, port.fd())?;
+            register(pid, cfg.queue, port.fd())?;
             egress.push(Egress::Own(ports.len()));
             ports.push(port);
         }
@@ -358,8 +387,6 @@ impl Worker {
             handed_tx: 0,
             queue_full: 0,
             port_gone: 0,
-            lost: 0,
-            sockets,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -588,7 +615,7 @@ impl Worker {
             }
         }
         while let Some((ip, n)) = queues[self.id].pop() {
-            self.pipeline.neighbours_mut().learn(ip, n, now);
+            self.pipeline.learn_shared(ip, n, now);
         }
     }
 
@@ -652,82 +679,96 @@ impl Worker {
     /// Makes the port changes the control side queued, and says how each went.
     fn change_ports(&mut self) {
         while let Some(req) = self.shared.fleet.ports[self.id].pop() {
-            let result = match req.change {
-                PortChange::Add { id, port, queues } => self.add_port(id, port, queues),
-                PortChange::Remove { id } => {
-                    self.remove_port(id);
-                    Ok(())
-                }
+            let done = match req.change {
+                PortChange::Add { id, port, queues } => self.add_port(id, port, queues, req.socket),
+                PortChange::Remove { id } => PortDone {
+                    result: Ok(()),
+                    socket: self.remove_port(id),
+                },
             };
-            let _ = req.done.try_send(result);
+            let _ = req.done.try_send(done);
         }
     }
 
-    /// Serves `port` in slot `id` from now on: a socket on this worker's queue if
-    /// it has one, its frames given to it before the steering program sends any.
-    fn add_port(&mut self, id: PortId, port: Port, queues: u32) -> Result<(), String> {
+    /// Serves `port` in slot `id` from now on: through `socket`, this worker's on
+    /// the port, given frames before the steering program sends any; or through the
+    /// worker that has a queue on it. A refused socket is handed back.
+    fn add_port(
+        &mut self,
+        id: PortId,
+        port: Port,
+        queues: u32,
+        socket: Option<XskPort>,
+    ) -> PortDone {
         let slot = id.0 as usize;
+        let refuse = |e: String, socket| PortDone {
+            result: Err(e),
+            socket,
+        };
         if slot < self.egress.len() && self.egress[slot] != Egress::Gone {
-            return Err(format!("slot {} is taken", id.0));
+            return refuse(format!("slot {} is taken", id.0), socket);
+        }
+        if (self.cfg.queue < queues) != socket.is_some() {
+            let e = format!("worker {}: a socket for {} queues", self.id, queues);
+            return refuse(e, socket);
         }
         if slot >= self.egress.len() {
             self.egress.resize(slot + 1, Egress::Gone);
             let cap = self.cfg.batch_size.max(1) * 2;
             self.out.resize_with(slot + 1, || Vec::with_capacity(cap));
         }
-        let egress = if self.cfg.queue < queues {
-            let (q, ring, bind) = (self.cfg.queue, self.cfg.ring_size, self.cfg.bind);
-            let mut xsk = XskPort::open(&self.pool, id, &port.name, q, ring, bind)
-                .map_err(|e| e.to_string())?;
-            if let Err(e) = self.sockets.register(id, q, xsk.fd()) {
-                self.lost += xsk.close(&mut self.pool.free);
-                return Err(e.to_string());
+        self.egress[slot] = match socket {
+            Some(mut xsk) => {
+                self.fill.add_port();
+                xsk.refill(&mut self.pool.free, self.fill.share());
+                self.ports.push(xsk);
+                self.held.push(0);
+                self.fill_targets.push(0);
+                self.sleeper.set_sockets(self.ports.iter().map(|p| p.fd()));
+                Egress::Own(self.ports.len() - 1)
             }
-            self.fill.add_port();
-            xsk.refill(&mut self.pool.free, self.fill.share());
-            self.ports.push(xsk);
-            self.held.push(0);
-            self.fill_targets.push(0);
-            self.sleeper.set_sockets(self.ports.iter().map(|p| p.fd()));
-            Egress::Own(self.ports.len() - 1)
-        } else {
-            Egress::Via((self.cfg.queue % queues) as usize)
+            None => Egress::Via((self.cfg.queue % queues) as usize),
         };
-        self.egress[slot] = egress;
         self.pipeline.set_port(id, Some(port));
-        Ok(())
+        PortDone {
+            result: Ok(()),
+            socket: None,
+        }
     }
 
-    /// Stops serving slot `id`: its socket closes and gives its frames back.
-    fn remove_port(&mut self, id: PortId) {
+    /// Stops serving slot `id`; returns this worker's socket on it, frames and all.
+    fn remove_port(&mut self, id: PortId) -> Option<XskPort> {
         let slot = id.0 as usize;
-        let Some(&egress) = self.egress.get(slot) else {
-            return;
-        };
+        let egress = *self.egress.get(slot)?;
         self.egress[slot] = Egress::Gone;
         self.pipeline.set_port(id, None);
-        if let Egress::Own(i) = egress {
-            let xsk = self.ports.remove(i);
-            self.held.remove(i);
-            self.fill_targets.remove(i);
-            self.fill.remove_port(i);
-            for e in &mut self.egress {
-                if let Egress::Own(j) = e {
-                    if *j > i {
-                        *j -= 1;
-                    }
+        let Egress::Own(i) = egress else {
+            return None;
+        };
+        let xsk = self.ports.remove(i);
+        self.held.remove(i);
+        self.fill_targets.remove(i);
+        self.fill.remove_port(i);
+        for e in &mut self.egress {
+            if let Egress::Own(j) = e {
+                if *j > i {
+                    *j -= 1;
                 }
             }
-            self.sleeper.set_sockets(self.ports.iter().map(|p| p.fd()));
-            self.lost += xsk.close(&mut self.pool.free);
         }
+        self.sleeper.set_sockets(self.ports.iter().map(|p| p.fd()));
+        Some(xsk)
     }
 
     /// Keeps this worker's free frames near its share: surplus goes to the fleet's
     /// spares, a shortage is made up from them.
     fn balance_frames(&mut self) {
-        // A lone worker has no one to share with.
+        // A lone worker has no one to share with, and takes back what the control
+        // side returned (the frames of a pod's closed socket).
         if self.shared.fleet.handoff.len() <= 1 {
+            while let Some(d) = self.shared.fleet.spare.pop() {
+                self.pool.free.push(d);
+            }
             return;
         }
         balance(
@@ -812,7 +853,6 @@ impl Worker {
         FrameCount {
             free: self.pool.free.len(),
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),
-            lost: self.lost,
         }
     }
 }

@@ -7,3 +7,7 @@ pub mod port;
 pub mod sleep;
 pub mod steer;
 pub mod umem;
+
+/// The xsk-rs types the control side handles: a frame, and the UMEM it opens pods'
+/// sockets on.
+pub use xsk_rs::{FrameDesc, Umem};

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 
 use xsk_rs::config::{BindFlags, LibxdpFlags, QueueSize, SocketConfig};
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::umem::FramePool;
 use crate::verdict::PortId;
@@ -55,14 +55,15 @@ pub struct XskPort {
     pub in_fill: usize,
     pub in_tx: usize,
     /// Those frames, oldest first, so that [`XskPort::close`] can take them back when
-    /// the interface goes away with them (a pod's veth, deleted with the pod). In
-    /// copy mode the kernel takes fill frames in order and RX returns them in that
-    /// order (a frame it dropped is reused for the next), and TX completes in order:
-    /// a receive or completion of `n` frames retires the `n` oldest. Kept per batch,
-    /// never per frame.
+    /// the interface goes away with them (a pod's veth, deleted with the pod). A frame
+    /// the kernel gives back (received, or its transmission completed) is retired by
+    /// its UMEM chunk: nearly always the oldest, as the rings are FIFO; one that comes
+    /// back early (TX completes when the skb is freed) is found and taken out.
     held_fill: VecDeque<FrameDesc>,
     held_tx: VecDeque<FrameDesc>,
-    zero_copy: bool,
+    /// log2 of the UMEM chunk size: a frame's identity is `addr >> chunk_shift` (the
+    /// kernel hands frames back at an offset into their chunk).
+    chunk_shift: u32,
     pub ring_size: u32,
     /// Frames one copy-mode sendto() transmits at most (see `raise_tx_budget`).
     pub tx_budget: u32,
@@ -71,6 +72,28 @@ pub struct XskPort {
 impl XskPort {
     pub fn open(
         pool: &FramePool,
+        id: PortId,
+        iface: &str,
+        queue: u32,
+        ring_size: u32,
+        mode: BindMode,
+    ) -> Result<XskPort, BindError> {
+        Self::open_on(
+            &pool.umem,
+            pool.chunk_shift,
+            id,
+            iface,
+            queue,
+            ring_size,
+            mode,
+        )
+    }
+
+    /// [`XskPort::open`] with only the UMEM, for a thread that owns no frames (the
+    /// control side opens pods' sockets, so that no worker waits on the kernel).
+    pub fn open_on(
+        umem: &Umem,
+        chunk_shift: u32,
         id: PortId,
         iface: &str,
         queue: u32,
@@ -97,30 +120,18 @@ impl XskPort {
                 .map_err(|_| format!("bad interface name {iface:?}"))?;
             // SAFETY: the UMEM outlives the socket (both live in the worker, the pool
             // is dropped last), as xsk-rs requires.
-            unsafe { Socket::new(cfg, &pool.umem, &name, queue) }.map_err(|e| format!("{e}"))
+            unsafe { Socket::new(cfg, umem, &name, queue) }.map_err(|e| format!("{e}"))
         };
-        let ((tx, rx, rings), zero_copy) = match mode {
-            BindMode::Copy => (
-                attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
-                false,
-            ),
-            BindMode::ZeroCopy => (
-                attempt(BindFlags::XDP_ZEROCOPY).map_err(|e| err(mode, e))?,
-                true,
-            ),
-            BindMode::Auto => match attempt(BindFlags::XDP_ZEROCOPY) {
-                Ok(s) => (s, true),
-                Err(_) => (
-                    attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
-                    false,
-                ),
-            },
+        let (tx, rx, rings) = match mode {
+            BindMode::Copy => attempt(BindFlags::XDP_COPY).map_err(|e| err(mode, e))?,
+            BindMode::ZeroCopy => attempt(BindFlags::XDP_ZEROCOPY).map_err(|e| err(mode, e))?,
+            BindMode::Auto => attempt(BindFlags::XDP_ZEROCOPY)
+                .or_else(|_| attempt(BindFlags::XDP_COPY))
+                .map_err(|e| err(mode, e))?,
         };
         let (fill, comp) =
             rings.ok_or_else(|| err(mode, "no fill/completion rings for this queue".into()))?;
         let tx_budget = raise_tx_budget(rx.fd().as_raw_fd(), ring_size);
-        // What the kernel did, whatever was asked: libxdp may have bound either way.
-        let zero_copy = bound_zero_copy(rx.fd().as_raw_fd()).unwrap_or(zero_copy);
         Ok(XskPort {
             id,
             name: iface.into(),
@@ -130,11 +141,11 @@ impl XskPort {
             comp,
             in_fill: 0,
             in_tx: 0,
-            // The fill and RX rings hold `ring_size` frames each, as does TX: never
-            // reallocated.
+            // Fill and RX rings, TX and completion rings: `ring_size` frames each, so
+            // never reallocated.
             held_fill: VecDeque::with_capacity(2 * ring_size as usize),
-            held_tx: VecDeque::with_capacity(ring_size as usize),
-            zero_copy,
+            held_tx: VecDeque::with_capacity(2 * ring_size as usize),
+            chunk_shift,
             ring_size,
             tx_budget,
         })
@@ -181,7 +192,7 @@ impl XskPort {
         // SAFETY: completed descriptors are ours again.
         let n = unsafe { self.comp.consume(scratch) };
         self.in_tx -= n;
-        self.held_tx.drain(..n);
+        retire(&mut self.held_tx, &scratch[..n], self.chunk_shift);
         free.extend_from_slice(&scratch[..n]);
         n
     }
@@ -191,7 +202,7 @@ impl XskPort {
         // SAFETY: received descriptors are ours until we hand them to a ring.
         let n = unsafe { self.rx.consume(out) };
         self.in_fill -= n;
-        self.held_fill.drain(..n);
+        retire(&mut self.held_fill, &out[..n], self.chunk_shift);
         n
     }
 
@@ -205,26 +216,18 @@ impl XskPort {
     }
 
     /// Closes the socket and gives back to `free` the frames the kernel held through
-    /// it; returns how many frames are lost. Its XSKMAP entry must be gone first:
-    /// the map holds the socket open, and the kernel may use its rings until it is
-    /// released. None are lost in copy mode; in zero-copy mode a driver may take fill
-    /// frames out of order, so those the kernel held are counted lost rather than
-    /// guessed.
-    pub fn close(mut self, free: &mut Vec<FrameDesc>) -> usize {
+    /// it. Closing the last descriptor unbinds the socket and waits for the kernel's
+    /// receive path to let go of it (`xsk_release`, an RCU grace period: milliseconds,
+    /// which is why the control side closes pods' sockets, not a worker), so the
+    /// frames are ours after.
+    pub fn close(mut self, free: &mut Vec<FrameDesc>) {
         let (fill, tx) = (
             std::mem::take(&mut self.held_fill),
             std::mem::take(&mut self.held_tx),
         );
-        let zero_copy = self.zero_copy;
-        // Closing the last descriptor unbinds the socket and waits for the kernel's
-        // receive path to let go of it (xsk_release), so the frames are ours after.
         drop(self);
-        if zero_copy {
-            return fill.len() + tx.len();
-        }
         free.extend(fill);
         free.extend(tx);
-        0
     }
 
     /// Copy-mode transmission happens inside sendto(), at most the socket's TX budget
@@ -241,25 +244,17 @@ impl XskPort {
     }
 }
 
-/// `XDP_OPTIONS` and its `XDP_OPTIONS_ZEROCOPY` flag (linux/if_xdp.h).
-const XDP_OPTIONS: libc::c_int = 8;
-const XDP_OPTIONS_ZEROCOPY: u32 = 1;
-
-/// Whether the kernel bound the socket in zero-copy mode; `None` if it cannot say.
-fn bound_zero_copy(fd: RawFd) -> Option<bool> {
-    let mut flags: u32 = 0;
-    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-    // SAFETY: getsockopt into a u32 of the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_XDP,
-            XDP_OPTIONS,
-            (&mut flags as *mut u32).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(flags & XDP_OPTIONS_ZEROCOPY != 0)
+/// Takes the frames of `done` out of `held`: the oldest, unless one came back early.
+#[inline]
+fn retire(held: &mut VecDeque<FrameDesc>, done: &[FrameDesc], shift: u32) {
+    for d in done {
+        let chunk = d.addr() >> shift;
+        if held.front().is_some_and(|h| h.addr() >> shift == chunk) {
+            held.pop_front();
+        } else if let Some(i) = held.iter().position(|h| h.addr() >> shift == chunk) {
+            held.remove(i);
+        }
+    }
 }
 
 /// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17): how many frames one copy-mode sendto() may
@@ -341,6 +336,26 @@ mod tests {
         (next(), next())
     }
 
+    /// Frames come back in order, or one early (TX completes when its skb is freed):
+    /// either way exactly the frames the kernel still holds stay.
+    #[test]
+    fn frames_coming_back_out_of_order_are_retired_by_identity() {
+        // SAFETY: plain libc getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: a UMEM needs root");
+            return;
+        }
+        let pool = FramePool::new(64, FrameSize::Half, 64).unwrap();
+        let f: Vec<FrameDesc> = pool.free[..5].to_vec();
+        let mut held: VecDeque<FrameDesc> = f.iter().copied().collect();
+        let left = |h: &VecDeque<FrameDesc>| h.iter().map(|d| d.addr()).collect::<Vec<_>>();
+        retire(&mut held, &f[..1], pool.chunk_shift);
+        retire(&mut held, &[f[3], f[1]], pool.chunk_shift);
+        assert_eq!(left(&held), vec![f[2].addr(), f[4].addr()]);
+        retire(&mut held, &[f[4], f[2]], pool.chunk_shift);
+        assert!(held.is_empty());
+    }
+
     /// A pod's veth goes away with frames in the socket's fill and TX rings: closing
     /// the socket gives every one of them back.
     #[test]
@@ -368,7 +383,7 @@ mod tests {
                     .status()
                     .is_ok_and(|s| s.success());
                 assert!(ok, "ip link del xa");
-                assert_eq!(port.close(&mut pool.free), 0, "frames lost");
+                port.close(&mut pool.free);
                 assert_eq!(pool.free.len(), total);
                 let mut addrs: Vec<usize> = pool.free.iter().map(|d| d.addr()).collect();
                 addrs.sort_unstable();

@@ -274,13 +274,16 @@ impl Steering {
             .progs()
             .find(|p| p.name() == "kxdp_steer")
             .expect("the object defines kxdp_steer");
-        Xdp::new(prog.as_fd())
-            .attach(ifindex as i32, mode.flags())
-            .map_err(|err| SteerError::Attach {
+        let attached = Xdp::new(prog.as_fd()).attach(ifindex as i32, mode.flags());
+        if let Err(err) = attached {
+            // The entry would hold a place in a map sized to the interfaces.
+            let _ = self.delete("ifaces", &ifindex.to_ne_bytes());
+            return Err(SteerError::Attach {
                 iface: iface.into(),
                 mode,
                 err,
-            })?;
+            });
+        }
         self.attached.push(Attached {
             ifindex,
             flags: mode.flags().bits(),
@@ -304,16 +307,9 @@ impl Steering {
         }
     }
 
-    /// A handle on the XSKMAP for a worker thread, which registers the sockets it
-    /// opens (at start, and for pods that come later).
-    pub fn socket_map(&self, slots: &SocketSlots) -> Result<SocketMap, SteerError> {
-        let map = self.map("xsks")?;
-        MapHandle::try_from(&map)
-            .map(|map| SocketMap {
-                map,
-                slots: slots.clone(),
-            })
-            .map_err(|err| SteerError::Map { map: "xsks", err })
+    /// Puts an AF_XDP socket in the XSKMAP under `key` (slot + queue).
+    pub fn register_socket(&self, key: u32, fd: RawFd) -> Result<(), SteerError> {
+        self.update("xsks", &key.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
 
     /// Turns steering on (after the sockets are registered) or off (before they close).
@@ -522,30 +518,6 @@ impl Steering {
             }
         }
         Ok(new)
-    }
-}
-
-/// The steering program's XSKMAP, for a worker: where its sockets are registered.
-pub struct SocketMap {
-    map: MapHandle,
-    slots: SocketSlots,
-}
-
-impl crate::worker::SocketRegistry for SocketMap {
-    fn register(
-        &mut self,
-        port: crate::verdict::PortId,
-        queue: u32,
-        fd: RawFd,
-    ) -> Result<(), SteerError> {
-        let key = self.slots.key(port.0 as u32, queue);
-        self.map
-            .update(
-                &key.to_ne_bytes(),
-                &(fd as u32).to_ne_bytes(),
-                MapFlags::ANY,
-            )
-            .map_err(|err| SteerError::Map { map: "xsks", err })
     }
 }
 

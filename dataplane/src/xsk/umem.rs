@@ -47,6 +47,8 @@ pub struct FramePool {
     pub free: Vec<FrameDesc>,
     /// Frames this pool started with (its share of the UMEM).
     pub total: usize,
+    /// log2 of the chunk (frame) size.
+    pub chunk_shift: u32,
 }
 
 impl FramePool {
@@ -67,7 +69,12 @@ impl FramePool {
             err: std::io::Error::other(e.to_string()),
         })?;
         let total = free.len();
-        Ok(FramePool { umem, free, total })
+        Ok(FramePool {
+            umem,
+            free,
+            total,
+            chunk_shift: size.bytes().trailing_zeros(),
+        })
     }
 
     /// Splits the pool into `n` pools over the same UMEM, one per worker: frames
@@ -84,6 +91,7 @@ impl FramePool {
                     umem: self.umem.clone(),
                     total: mine.len(),
                     free: mine,
+                    chunk_shift: self.chunk_shift,
                 }
             })
             .collect()
