@@ -289,6 +289,9 @@ pub struct SyncMetrics {
     /// 1 while an API watch is failing: health does not turn on it (endpoints.rs),
     /// so this is what to alert on.
     pub watches_failing: Gauge,
+    /// Pod interfaces served through `--pod-routes` (those named with `--pod-iface`
+    /// are not counted).
+    pub pod_interfaces: Gauge,
 }
 
 impl Default for SyncMetrics {
@@ -301,6 +304,7 @@ impl Default for SyncMetrics {
             // and a change that waits for a failed reload to be fixed.
             programming_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             watches_failing: Gauge::default(),
+            pod_interfaces: Gauge::default(),
         }
     }
 }
@@ -325,6 +329,12 @@ pub fn registry(m: DataplaneMetrics, sync: &SyncMetrics) -> Registry {
         "1 while a watch of the API server is failing (kxdp keeps forwarding with the \
          objects it last got; health probes do not turn on it), else 0.",
         sync.watches_failing.clone(),
+    );
+    r.register(
+        "kxdp_pod_interfaces",
+        "Pod interfaces kxdp serves because a /32 route in the pod CIDR goes through \
+         them (--pod-routes).",
+        sync.pod_interfaces.clone(),
     );
     r
 }
@@ -426,6 +436,7 @@ mod tests {
         sync.sync_duration.observe(0.0003);
         sync.programming_duration.observe(0.02);
         sync.watches_failing.set(1);
+        sync.pod_interfaces.set(12);
         let r = registry(
             DataplaneMetrics {
                 workers: vec![Arc::new(Mutex::new(s))],
@@ -453,6 +464,7 @@ mod tests {
         for line in [
             "kxdp_rx_batches_total{worker=\"0\"} 4",
             "kxdp_api_watches_failing 1",
+            "kxdp_pod_interfaces 12",
             "kxdp_xsk_rx_dropped_total{worker=\"0\",interface=\"eth1\"} 1",
             "kxdp_xsk_rx_ring_full_total{worker=\"0\",interface=\"eth1\"} 2",
             "kxdp_xsk_fill_ring_empty_total{worker=\"0\",interface=\"eth1\"} 3",

@@ -519,6 +519,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
                 sockets: &pod_sockets,
             };
             pods.follow(&cidrs, &mut dp, &pod_facts);
+            sync_metrics.pod_interfaces.set(pods.len() as i64);
         }
         let failing = (source.failing)();
         sync_metrics.watches_failing.set(i64::from(failing));

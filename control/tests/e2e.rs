@@ -521,10 +521,15 @@ fn pods_come_and_go(t: &Topology, workers: u32) {
     for r in requests(t, &t.client, &node_port, 8, &kxdp) {
         assert_eq!(r.backend, late.ip, "{r:?}");
     }
+    let metrics = t
+        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(
+        sample(&metrics, "kxdp_pod_interfaces"),
+        Some(3.0),
+        "{metrics}"
+    );
     if workers > 1 {
-        let metrics = t
-            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-            .unwrap_or_else(|e| panic!("{}", e.message));
         let handed = sample(&metrics, "kxdp_tx_handed_total{worker=\"1\"}").unwrap_or(0.0);
         assert!(
             handed > 0.0,
