@@ -361,6 +361,9 @@ pub fn replay(
         .flush()
         .context("cannot write the output capture")?;
     report.counters = p.counters().clone();
+    // A replay sends no ARP: a frame held for an unknown next hop is never sent.
+    let held = std::mem::take(&mut report.counters.held_for_neighbour);
+    report.counters.drops[DropReason::NeighbourUnknown as usize] += held;
     Ok(report)
 }
 

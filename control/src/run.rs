@@ -362,10 +362,6 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         generation: generation_published.clone(),
         sync: Mutex::new(SyncState::published_now()),
     });
-    let http = [
-        endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
-        endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
-    ];
     let wakers: Vec<_> = workers.iter().map(|w| w.waker()).collect();
     fleet.set_wakers(wakers.clone());
     // Removed when `run` returns, however it returns.
@@ -385,6 +381,21 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         PodPorts::new(static_ports as u16, a.max_pods, except)
     });
     let pod_facts = |name: &str| port_facts(&a, name, PortRole::Pod);
+    let mut follow_pods = |steering: &mut Steering| {
+        let Some(pods) = &mut pods else {
+            return;
+        };
+        let cidrs = shared_snapshot.load().node.pod_cidrs.clone();
+        let mut dp = Dataplane {
+            steering,
+            slots: &slots,
+            mode,
+            fleet: &fleet,
+            sockets: &pod_sockets,
+        };
+        pods.follow(&cidrs, &mut dp, &pod_facts);
+        sync_metrics.pod_interfaces.set(pods.len() as i64);
+    };
     let tx_budget = workers.iter().map(|w| w.tx_budget()).min().unwrap_or(0);
     let handles: Vec<_> = workers
         .into_iter()
@@ -396,6 +407,12 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
                 .expect("spawn worker")
         })
         .collect();
+    // The pods there are now are served before kxdp says it is ready.
+    follow_pods(&mut steering);
+    let http = [
+        endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
+        endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
+    ];
     tracing::info!(
         queues = a.queues,
         uplink = %a.uplink,
@@ -509,18 +526,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             // A worker that stopped following: its last snapshot stays alive anyway.
             retired.pop_front();
         }
-        if let Some(pods) = &mut pods {
-            let cidrs = shared_snapshot.load().node.pod_cidrs.clone();
-            let mut dp = Dataplane {
-                steering: &mut steering,
-                slots: &slots,
-                mode,
-                fleet: &fleet,
-                sockets: &pod_sockets,
-            };
-            pods.follow(&cidrs, &mut dp, &pod_facts);
-            sync_metrics.pod_interfaces.set(pods.len() as i64);
-        }
+        follow_pods(&mut steering);
         let failing = (source.failing)();
         sync_metrics.watches_failing.set(i64::from(failing));
         failing_since = match failing {

@@ -463,6 +463,33 @@ fn a_long_lived_connection_survives_endpoint_changes_of_its_service_and_its_back
 }
 
 #[test]
+fn the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothing() {
+    let name = "the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothing";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11], &[]);
+    let (client, server) = (t.pod(1, 10), t.pod(1, 11));
+    let _http = t.server(server, "http", HTTP_SERVER, HTTP_PORT);
+    // No Service names the server, so nothing asks for its MAC before the SYN.
+    let kxdp = t.start_kxdp(&t.write_objects(&[]));
+    let before = net_counter(&t, &client.ns, "TcpExtTCPSynRetrans");
+    let r = t.http_get(&client.ns, &format!("http://{}:{HTTP_PORT}/", server.ip));
+    assert_eq!(r.backend, server.ip, "{r:?}");
+    assert_eq!(
+        net_counter(&t, &client.ns, "TcpExtTCPSynRetrans") - before,
+        0,
+        "the SYN was dropped while kxdp asked for the server's MAC:\n{}",
+        kxdp.log()
+    );
+    let metrics = t
+        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    let unknown = "kxdp_dropped_packets_total{worker=\"0\",reason=\"neighbour_unknown\"}";
+    assert_eq!(sample(&metrics, unknown), Some(0.0), "{metrics}");
+}
+
+#[test]
 fn pods_that_come_and_go_are_served_through_their_routes() {
     let name = "pods_that_come_and_go_are_served_through_their_routes";
     if !available(name) {
@@ -518,7 +545,8 @@ fn pods_come_and_go(t: &Topology, workers: u32) {
     let r = t.http_get(&client.ns, &web.cluster_url());
     assert_eq!(r.backend, late.ip, "{r:?}");
     let node_port = format!("http://{NODE1_IP}:30082/");
-    for r in requests(t, &t.client, &node_port, 8, &kxdp) {
+    // Enough connections that some hash to the uplink's queue 1 (worker 1).
+    for r in requests(t, &t.client, &node_port, 24, &kxdp) {
         assert_eq!(r.backend, late.ip, "{r:?}");
     }
     let metrics = t

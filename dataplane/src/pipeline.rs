@@ -382,6 +382,7 @@ impl Pipeline {
     pub fn set_port(&mut self, id: PortId, port: Option<Port>) {
         self.neighbours.forget_port(id);
         self.memo.forget();
+        self.resolve.forget_asked();
         self.cfg.ports.set(id, port);
     }
 
@@ -920,7 +921,7 @@ impl Pipeline {
                     self.memo.set_local(now, generation, dst, n);
                     self.deliver(f, h, ing, hop, n)
                 }
-                None => self.unresolved(dst, Via::PodPorts),
+                None => self.await_neighbour(f, h, ing, hop, dst, Via::PodPorts),
             },
             Route::Remote(node) => {
                 if ing.overlay && hop == Hop::Forwarded {
@@ -979,16 +980,48 @@ impl Pipeline {
                 None if hop == Hop::Forwarded && dst == h.dst => Verdict::Pass,
                 None => match self.neighbours.get(dst) {
                     Some(n) => self.deliver(f, h, ing, hop, n),
-                    None => self.unresolved(dst, Via::Uplink),
+                    None => self.await_neighbour(f, h, ing, hop, dst, Via::Uplink),
                 },
             },
         }
     }
 
-    /// The next hop's MAC is unknown: drop this frame and ask the worker to ARP.
+    /// A VTEP's MAC is unknown: drop this frame and ask the worker to ARP (VTEPs
+    /// are asked for when a snapshot names them, so this is rare).
     fn unresolved(&mut self, ip: Ipv4Addr, via: Via) -> Verdict {
         self.resolve.want(ip, via, self.now);
         Verdict::Drop(DropReason::NeighbourUnknown)
+    }
+
+    /// The next hop's MAC is unknown: finish the frame but for its Ethernet
+    /// addresses, ask the worker to ARP, and have it hold the frame meanwhile
+    /// ([`Verdict::Resolve`], [`Pipeline::resolved`]).
+    fn await_neighbour(
+        &mut self,
+        f: &mut Frame,
+        h: &Headers,
+        ing: Ingress,
+        hop: Hop,
+        ip: Ipv4Addr,
+        via: Via,
+    ) -> Verdict {
+        if let Some(drop) = self.finish(f, h, ing, hop) {
+            return drop;
+        }
+        self.resolve.want(ip, via, self.now);
+        Verdict::Resolve { ip, via }
+    }
+
+    /// Where a frame held for `ip` goes now, if `ip` has been learned: its port,
+    /// and the destination and source MACs to write. Not yet: asked for again, once
+    /// the hold-down allows (the first question may have gone unanswered).
+    pub fn resolved(&mut self, ip: Ipv4Addr, via: Via) -> Option<(PortId, Mac, Mac)> {
+        let Some(n) = self.neighbours.get(ip) else {
+            self.resolve.want(ip, via, self.now);
+            return None;
+        };
+        let port = self.cfg.ports.get(n.port)?;
+        Some((n.port, n.mac, port.mac))
     }
 
     /// Last touches of a forwarded packet: TTL, and full L4 checksums where the

@@ -1,8 +1,8 @@
 //! Next hops the pipeline needs but does not know yet, for the worker to ARP for.
 //!
-//! The pipeline drops a frame whose next hop's MAC is unknown (counted as
-//! `neighbour_unknown`) and asks here for the address to be resolved; the worker
-//! drains the requests after each batch and sends ARP. A fixed-size queue and a
+//! The worker holds a frame whose next hop's MAC is unknown (a VTEP's is dropped,
+//! `neighbour_unknown`) and the pipeline asks here for the address to be resolved;
+//! the worker drains the requests after each batch and sends ARP. A fixed-size queue and a
 //! per-address hold-down keep a burst of frames to one silent pod from turning into
 //! a burst of ARP requests, and nothing here allocates after construction.
 
@@ -27,8 +27,9 @@ pub struct Request {
 
 /// Most requests queued between two drains; more in one batch wait for the next.
 pub const QUEUE: usize = 64;
-/// How long an address is not asked for again.
-pub const HOLD_DOWN: Nanos = Nanos(1_000_000_000);
+/// How long an address is not asked for again: a frame held for it (at most a
+/// second, see `worker.rs`) is asked for again at most three times more.
+pub const HOLD_DOWN: Nanos = Nanos(250_000_000);
 const RECENT: usize = 1024;
 
 pub struct ResolveQueue {
@@ -61,6 +62,12 @@ impl ResolveQueue {
         self.queue[self.len] = Some(Request { ip, via });
         self.len += 1;
         true
+    }
+
+    /// Forgets what was asked: a port was added, and questions asked before it was
+    /// there (or before the steering program was on it) may have an answer now.
+    pub fn forget_asked(&mut self) {
+        self.recent.fill((Ipv4Addr::UNSPECIFIED, Nanos(0)));
     }
 
     /// Hands over the queued requests and empties the queue.

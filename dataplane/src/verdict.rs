@@ -17,6 +17,14 @@ pub enum Verdict {
     Handoff {
         worker: u8,
     },
+    /// Ready to go but for its Ethernet addresses: the next hop `ip` is being asked
+    /// for (ARP). The worker holds the frame until it is known, as the kernel holds a
+    /// few packets per unresolved neighbour, instead of dropping the first packet to
+    /// a pod that has not spoken yet (a SYN's sender would wait a second to resend).
+    Resolve {
+        ip: std::net::Ipv4Addr,
+        via: crate::resolve::Via,
+    },
     Drop(DropReason),
 }
 
@@ -54,7 +62,7 @@ drop_reasons! {
     NoLocalEndpoints => "no_local_endpoints", "Traffic policy Local and no endpoint on this node.";
     ConntrackFull => "conntrack_full", "The flow table is full of established flows.";
     SnatPortsExhausted => "snat_ports_exhausted", "No free source port to masquerade with.";
-    NeighbourUnknown => "neighbour_unknown", "The next hop's MAC address is not known yet.";
+    NeighbourUnknown => "neighbour_unknown", "The next hop's MAC address could not be learned in time (a VTEP's is not waited for).";
     NoHeadroom => "no_headroom", "No room in the buffer for the encapsulation headers.";
     TooBig => "too_big", "Too big for the underlay after encapsulation.";
     OverlayLoop => "overlay_loop", "Decapsulated traffic that would be encapsulated again.";
@@ -82,6 +90,9 @@ pub struct Counters {
     /// Frames handed to another worker to transmit, on a port with no queue for this
     /// worker (counted by the worker, not the pipeline).
     pub handed_tx: u64,
+    /// Frames held while their next hop was resolved ([`Verdict::Resolve`]); each is
+    /// later counted as transmitted, or dropped as `neighbour_unknown`.
+    pub held_for_neighbour: u64,
 }
 
 impl Counters {
@@ -91,6 +102,7 @@ impl Counters {
             Verdict::Tx { .. } => self.tx += 1,
             Verdict::Pass => self.pass += 1,
             Verdict::Handoff { .. } => self.handoffs += 1,
+            Verdict::Resolve { .. } => self.held_for_neighbour += 1,
             Verdict::Drop(r) => self.drops[r as usize] += 1,
         }
     }

@@ -39,6 +39,21 @@ use crate::xsk::sleep::{Sleeper, Wake};
 use crate::xsk::steer::{SocketSlots, SteerError};
 use crate::xsk::umem::FramePool;
 
+/// Frames a worker holds while their next hop is resolved, in all and per address
+/// (the kernel's default holds about a hundred per neighbour), and for how long.
+const WAITING_MAX: usize = 256;
+const WAITING_PER_NEIGHBOUR: usize = 16;
+const WAIT_AT_MOST: Nanos = Nanos(1_000_000_000);
+
+/// A frame held for its next hop's MAC ([`Verdict::Resolve`]).
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    desc: FrameDesc,
+    ip: Ipv4Addr,
+    via: Via,
+    since: Nanos,
+}
+
 /// How often a worker sweeps expired flows and publishes its counters.
 const CHORES_EVERY: Nanos = Nanos(10_000_000);
 
@@ -335,6 +350,11 @@ pub struct Worker {
     queue_full: u64,
     /// Frames for interfaces that went away.
     port_gone: u64,
+    /// Frames held for their next hop's MAC; held frames sent when it came, and
+    /// dropped when it did not (or when too many waited).
+    waiting: Vec<Waiting>,
+    waited_tx: u64,
+    waited_drop: u64,
 }
 
 impl Worker {
@@ -387,6 +407,9 @@ impl Worker {
             handed_tx: 0,
             queue_full: 0,
             port_gone: 0,
+            waiting: Vec::with_capacity(WAITING_MAX),
+            waited_tx: 0,
+            waited_drop: 0,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -491,6 +514,9 @@ impl Worker {
                 self.handle(snap, now, &mut h.desc, h.ingress, false, None);
             }
             self.share_neighbours(now);
+            if !self.waiting.is_empty() {
+                self.release_waiting(now);
+            }
             self.send_arp_requests(snap);
             // Frames other workers finished for ports they have no socket on; a batch
             // a loop, as for handoffs, so a TX ring takes them with this worker's own.
@@ -594,12 +620,56 @@ impl Worker {
                 }
                 self.nudge |= 1 << worker;
             }
+            Verdict::Resolve { ip, via } => {
+                self.pool.commit(desc, start, flen);
+                let for_ip = self.waiting.iter().filter(|w| w.ip == ip).count();
+                if self.waiting.len() < WAITING_MAX && for_ip < WAITING_PER_NEIGHBOUR {
+                    self.waiting.push(Waiting {
+                        desc: *desc,
+                        ip,
+                        via,
+                        since: now,
+                    });
+                } else {
+                    self.waited_drop += 1;
+                    self.pool.free.push(*desc);
+                }
+            }
             // Nothing reaches kxdp that the kernel should have (the steering program
             // keeps it there), and a handed frame is never handed on: recycle.
             Verdict::Handoff { .. } | Verdict::Pass | Verdict::Drop(_) => {
                 self.pool.free.push(*desc)
             }
         }
+    }
+
+    /// Sends the held frames whose next hop is known now, and drops those that
+    /// waited too long.
+    fn release_waiting(&mut self, now: Nanos) {
+        let (pipeline, pool, out) = (&mut self.pipeline, &self.pool, &mut self.out);
+        let before = self.waiting.len();
+        // In order: frames to one neighbour leave as they came.
+        self.waiting.retain_mut(|w| {
+            let Some((port, dst, src)) = pipeline.resolved(w.ip, w.via) else {
+                return true;
+            };
+            // SAFETY: a held frame is ours, in no ring; the view ends here.
+            let buf = unsafe { pool.buffer(&mut w.desc) };
+            buf[HEADROOM..HEADROOM + 6].copy_from_slice(&dst.0);
+            buf[HEADROOM + 6..HEADROOM + 12].copy_from_slice(&src.0);
+            out[port.0 as usize].push(w.desc);
+            false
+        });
+        self.waited_tx += (before - self.waiting.len()) as u64;
+        let (free, before) = (&mut self.pool.free, self.waiting.len());
+        self.waiting.retain(|w| {
+            let expired = now.0.saturating_sub(w.since.0) > WAIT_AT_MOST.0;
+            if expired {
+                free.push(w.desc);
+            }
+            !expired
+        });
+        self.waited_drop += (before - self.waiting.len()) as u64;
     }
 
     /// Tells the other workers what this one learned, and learns what they did.
@@ -680,6 +750,9 @@ impl Worker {
     fn change_ports(&mut self) {
         while let Some(req) = self.shared.fleet.ports[self.id].pop() {
             let done = match req.change {
+                // Its pod is not asked for here: the steering program is not on the
+                // port yet, so the answer would go to the kernel (and hold the next
+                // question back for a second). The first frame to it asks.
                 PortChange::Add { id, port, queues } => self.add_port(id, port, queues, req.socket),
                 PortChange::Remove { id } => PortDone {
                     result: Ok(()),
@@ -824,6 +897,8 @@ impl Worker {
             s.counters.handed_tx = self.handed_tx;
             s.counters.drops[DropReason::WorkerQueueFull as usize] += self.queue_full;
             s.counters.drops[DropReason::PortGone as usize] += self.port_gone;
+            s.counters.tx += self.waited_tx;
+            s.counters.drops[DropReason::NeighbourUnknown as usize] += self.waited_drop;
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;
             s.services.clear();
@@ -850,6 +925,9 @@ impl Worker {
                 p.reap(&mut self.pool.free, &mut scratch);
             }
         }
+        self.pool
+            .free
+            .extend(self.waiting.drain(..).map(|w| w.desc));
         FrameCount {
             free: self.pool.free.len(),
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),

@@ -35,7 +35,7 @@ fn every_truncation_is_dropped_or_passed_never_forwarded_broken() {
                 Verdict::Drop(_) => {}
                 // An Ethernet header with no room for IPv4 options is still "not ours".
                 Verdict::Pass => assert!(cut >= 14, "cut {cut}"),
-                Verdict::Tx { .. } | Verdict::Handoff { .. } => {
+                Verdict::Tx { .. } | Verdict::Handoff { .. } | Verdict::Resolve { .. } => {
                     panic!("a frame cut at {cut} of {} was forwarded", frame.len())
                 }
             }

@@ -871,17 +871,24 @@ fn expired_flows_are_swept_between_batches() {
 }
 
 #[test]
-fn local_pod_without_a_known_mac_is_counted_not_guessed() {
+fn local_pod_without_a_known_mac_is_held_for_arp_not_guessed() {
     let (mut p, snap) = (pipeline(), snapshot(1));
-    let v = run(
-        &mut p,
-        &snap,
-        T0,
-        POD_A,
-        &udp(A, 1, std::net::Ipv4Addr::new(198, 18, 1, 77), 2).bytes(),
-    )
-    .0;
-    assert_eq!(v, Verdict::Drop(DropReason::NeighbourUnknown));
+    let silent = std::net::Ipv4Addr::new(198, 18, 1, 77);
+    let (v, out) = run(&mut p, &snap, T0, POD_A, &udp(A, 1, silent, 2).bytes());
+    assert_eq!(
+        v,
+        Verdict::Resolve {
+            ip: silent,
+            via: kxdp_dataplane::resolve::Via::PodPorts
+        }
+    );
+    // Finished but for its Ethernet addresses, which the worker writes later.
+    assert_eq!(seen(&out).ttl, 63);
+    assert_eq!(
+        p.resolved(silent, kxdp_dataplane::resolve::Via::PodPorts),
+        None
+    );
+    assert_eq!(p.counters().held_for_neighbour, 1);
 }
 
 #[test]
@@ -891,7 +898,13 @@ fn an_unknown_next_hop_is_queued_for_arp_once_and_learned_from_the_reply() {
     let snap = snapshot(1);
     for _ in 0..3 {
         let v = run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes()).0;
-        assert_eq!(v, Verdict::Drop(DropReason::NeighbourUnknown));
+        assert_eq!(
+            v,
+            Verdict::Resolve {
+                ip: B,
+                via: kxdp_dataplane::resolve::Via::PodPorts
+            }
+        );
     }
     let asked: Vec<Request> = p.resolve_requests().drain().collect();
     assert_eq!(
@@ -907,6 +920,11 @@ fn an_unknown_next_hop_is_queued_for_arp_once_and_learned_from_the_reply() {
     reply[21] = 2; // operation: reply
     assert_eq!(run(&mut p, &snap, T0, POD_B, &reply).0, Verdict::Pass);
     assert_eq!(p.counters().arp_learned, 1);
+    // The held frames can go now.
+    assert_eq!(
+        p.resolved(B, Via::PodPorts),
+        Some((POD_B, pod_mac(B), host_veth_mac(POD_B)))
+    );
     assert_eq!(
         run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes()).0,
         tx(POD_B)
@@ -942,7 +960,10 @@ fn a_pod_is_learned_from_its_own_frames() {
     // Before B speaks, nobody knows where it is.
     assert_eq!(
         run(&mut p, &snap, T0, POD_A, &udp(A, 1, B, 2).bytes()).0,
-        Verdict::Drop(DropReason::NeighbourUnknown)
+        Verdict::Resolve {
+            ip: B,
+            via: kxdp_dataplane::resolve::Via::PodPorts
+        }
     );
     run(&mut p, &snap, T0, POD_B, &udp(B, 2, A, 1).bytes());
     assert_eq!(

@@ -11,7 +11,8 @@ NODE1_VTEP_MAC=02:00:c6:13:80:01
 NODE2_VTEP_MAC=02:00:c6:13:80:02
 
 topology_namespaces() {
-  echo "${ID}-n1 ${ID}-n2 ${ID}-ul ${ID}-cl ${ID}-p10 ${ID}-p11 ${ID}-p20"
+  # p12's namespace is made empty: the demo creates the pod while kxdp runs.
+  echo "${ID}-n1 ${ID}-n2 ${ID}-ul ${ID}-cl ${ID}-p10 ${ID}-p11 ${ID}-p12 ${ID}-p20"
 }
 
 topology_down() {
