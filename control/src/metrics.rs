@@ -154,6 +154,12 @@ impl Collector for DataplaneMetrics {
         )?;
         counter(
             &mut enc,
+            "kxdp_held_for_neighbour",
+            "Frames held while their next hop's MAC was asked for (ARP), then sent, or dropped as neighbour_unknown.",
+            &per_worker(&|c| c.held_for_neighbour),
+        )?;
+        counter(
+            &mut enc,
             "kxdp_rx_batches",
             "RX batches that brought frames (rx_packets / rx_batches is the mean batch size).",
             &status
@@ -421,6 +427,7 @@ mod tests {
         let mut s = WorkerStatus::default();
         s.counters.rx = 7;
         s.counters.drops[DropReason::Truncated as usize] = 3;
+        s.counters.held_for_neighbour = 6;
         s.flows = 2;
         s.generation = 5;
         s.rx_batches = 4;
@@ -463,6 +470,7 @@ mod tests {
         assert!(text.contains("kxdp_flows{worker=\"0\"} 2"), "{text}");
         for line in [
             "kxdp_rx_batches_total{worker=\"0\"} 4",
+            "kxdp_held_for_neighbour_total{worker=\"0\"} 6",
             "kxdp_api_watches_failing 1",
             "kxdp_pod_interfaces 12",
             "kxdp_xsk_rx_dropped_total{worker=\"0\",interface=\"eth1\"} 1",

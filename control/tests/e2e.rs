@@ -487,6 +487,11 @@ fn the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothin
         .unwrap_or_else(|e| panic!("{}", e.message));
     let unknown = "kxdp_dropped_packets_total{worker=\"0\",reason=\"neighbour_unknown\"}";
     assert_eq!(sample(&metrics, unknown), Some(0.0), "{metrics}");
+    let held = sample(&metrics, "kxdp_held_for_neighbour_total{worker=\"0\"}");
+    assert!(
+        held.is_some_and(|n| n >= 1.0),
+        "the SYN was not held: {metrics}"
+    );
 }
 
 #[test]
