@@ -24,6 +24,27 @@ fn port_of(ip: std::net::Ipv4Addr) -> kxdp_dataplane::verdict::PortId {
     }
 }
 
+/// C:40000's SYN to VIP:80 under `snap`; returns the backend it went to.
+fn syn(
+    p: &mut kxdp_dataplane::pipeline::Pipeline,
+    snap: &kxdp_dataplane::snapshot::Snapshot,
+) -> std::net::Ipv4Addr {
+    let (_, out) = run(p, snap, T0, POD_C, &tcp(C, 40000, VIP, 80, SYN).bytes());
+    seen(&out).dst
+}
+
+/// Opens C:40000 -> VIP:80 under `snap` (SYN, SYN-ACK, ACK); returns its backend.
+fn connect(
+    p: &mut kxdp_dataplane::pipeline::Pipeline,
+    snap: &kxdp_dataplane::snapshot::Snapshot,
+) -> std::net::Ipv4Addr {
+    let backend = syn(p, snap);
+    let syn_ack = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
+    run(p, snap, T0, port_of(backend), &syn_ack);
+    run(p, snap, T0, POD_C, &tcp(C, 40000, VIP, 80, ACK).bytes());
+    backend
+}
+
 #[test]
 fn pod_to_cluster_ip_is_dnatted_to_a_local_backend() {
     let (mut p, snap) = (pipeline(), snapshot(1));
@@ -47,14 +68,7 @@ fn pod_to_cluster_ip_is_dnatted_to_a_local_backend() {
 #[test]
 fn reply_from_backend_is_reverse_natted_to_cluster_ip() {
     let (mut p, snap) = (pipeline(), snapshot(1));
-    let (_, out) = run(
-        &mut p,
-        &snap,
-        T0,
-        POD_C,
-        &tcp(C, 40000, VIP, 80, SYN).bytes(),
-    );
-    let backend = seen(&out).dst;
+    let backend = syn(&mut p, &snap);
     let reply = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
     let (v, out) = run(&mut p, &snap, T0, port_of(backend), &reply);
     assert_eq!(v, tx(POD_C));
@@ -141,14 +155,7 @@ fn partial_checksum_from_a_pod_is_completed() {
 fn established_flow_keeps_its_backend_when_endpoints_change() {
     let mut p = pipeline();
     let snap1 = snapshot(1);
-    let (_, out) = run(
-        &mut p,
-        &snap1,
-        T0,
-        POD_C,
-        &tcp(C, 40000, VIP, 80, SYN).bytes(),
-    );
-    let backend = seen(&out).dst;
+    let backend = syn(&mut p, &snap1);
     run(
         &mut p,
         &snap1,
@@ -179,14 +186,7 @@ fn established_flow_keeps_its_backend_when_endpoints_change() {
 fn an_unanswered_syn_whose_backend_left_the_service_is_rebalanced() {
     let mut p = pipeline();
     let snap1 = snapshot(1);
-    let (_, out) = run(
-        &mut p,
-        &snap1,
-        T0,
-        POD_C,
-        &tcp(C, 40000, VIP, 80, SYN).bytes(),
-    );
-    let backend = seen(&out).dst;
+    let backend = syn(&mut p, &snap1);
     let other = if backend == A { B } else { A };
     let snap2 = snapshot_with(2, |s| s[0].endpoints.retain(|e| *e.addr.ip() == other));
     let (_, out) = run(
@@ -197,19 +197,6 @@ fn an_unanswered_syn_whose_backend_left_the_service_is_rebalanced() {
         &tcp(C, 40000, VIP, 80, ACK).bytes(),
     );
     assert_eq!(seen(&out).dst, other);
-}
-
-/// Opens C:40000 -> VIP:80 under `snap` (SYN, SYN-ACK, ACK); returns its backend.
-fn connect(
-    p: &mut kxdp_dataplane::pipeline::Pipeline,
-    snap: &kxdp_dataplane::snapshot::Snapshot,
-) -> std::net::Ipv4Addr {
-    let (_, out) = run(p, snap, T0, POD_C, &tcp(C, 40000, VIP, 80, SYN).bytes());
-    let backend = seen(&out).dst;
-    let syn_ack = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
-    run(p, snap, T0, port_of(backend), &syn_ack);
-    run(p, snap, T0, POD_C, &tcp(C, 40000, VIP, 80, ACK).bytes());
-    backend
 }
 
 #[test]
@@ -248,14 +235,7 @@ fn a_late_answer_from_a_backend_that_left_is_translated_and_the_client_then_move
     // saw. The client's next packet, unanswered TCP or UDP, then picks anew.
     let mut p = pipeline();
     let snap1 = snapshot(1);
-    let (_, out) = run(
-        &mut p,
-        &snap1,
-        T0,
-        POD_C,
-        &tcp(C, 40000, VIP, 80, SYN).bytes(),
-    );
-    let backend = seen(&out).dst;
+    let backend = syn(&mut p, &snap1);
     let other = if backend == A { B } else { A };
     let snap2 = snapshot_with(2, |s| s[0].endpoints.retain(|e| *e.addr.ip() == other));
     let syn_ack = tcp(backend, 8080, C, 40000, SYN | ACK).bytes();
@@ -295,14 +275,7 @@ fn a_late_answer_from_a_backend_that_left_is_translated_and_the_client_then_move
 fn terminating_endpoint_keeps_its_flows_but_gets_no_new_ones() {
     let mut p = pipeline();
     let snap1 = snapshot(1);
-    let (_, out) = run(
-        &mut p,
-        &snap1,
-        T0,
-        POD_C,
-        &tcp(C, 40000, VIP, 80, SYN).bytes(),
-    );
-    let backend = seen(&out).dst;
+    let backend = syn(&mut p, &snap1);
     let snap2 = snapshot_with(2, |s| {
         for e in s[0]
             .endpoints
