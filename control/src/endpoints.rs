@@ -181,10 +181,33 @@ fn health_response(state: &State, probe: Probe) -> (u16, String) {
     (if problems.is_empty() { 200 } else { 503 }, body)
 }
 
-/// Serves until `stop` is set.
-pub fn serve(addr: SocketAddr, stop: Arc<AtomicBool>, state: Arc<State>) -> Result<JoinHandle<()>> {
+/// An endpoint bound and not answering yet: kxdp binds before it attaches anything,
+/// so a port in use stops it cleanly, and answers once it is ready ([`Listener::serve`]).
+pub struct Listener {
+    server: tiny_http::Server,
+    addr: SocketAddr,
+}
+
+pub fn listen(addr: SocketAddr) -> Result<Listener> {
     let server =
         tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+    Ok(Listener { server, addr })
+}
+
+impl Listener {
+    /// Answers until `stop` is set.
+    pub fn serve(self, stop: Arc<AtomicBool>, state: Arc<State>) -> Result<JoinHandle<()>> {
+        let Listener { server, addr } = self;
+        serve(server, addr, stop, state)
+    }
+}
+
+fn serve(
+    server: tiny_http::Server,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    state: Arc<State>,
+) -> Result<JoinHandle<()>> {
     Ok(std::thread::Builder::new()
         .name(format!("http-{addr}"))
         .spawn(move || {

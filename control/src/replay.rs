@@ -309,6 +309,7 @@ pub fn replay(
     let mut idb_of: BTreeMap<PortId, u32> = BTreeMap::new();
     let mut report = ReplayReport::default();
     let mut buf = vec![0u8; HEADROOM + 65536];
+    let mut unresolved = 0;
     for f in frames {
         let Some(port) = p.config().ports.by_name(&f.iface) else {
             continue;
@@ -323,8 +324,13 @@ pub fn replay(
             &mut batch,
             &mut verdicts,
         );
-        let Verdict::Tx { port: egress } = verdicts[0] else {
-            continue;
+        let egress = match verdicts[0] {
+            Verdict::Tx { port } => port,
+            Verdict::Resolve { .. } => {
+                unresolved += 1;
+                continue;
+            }
+            _ => continue,
         };
         let name = p
             .config()
@@ -361,9 +367,8 @@ pub fn replay(
         .flush()
         .context("cannot write the output capture")?;
     report.counters = p.counters().clone();
-    // A replay sends no ARP: a frame held for an unknown next hop is never sent.
-    let held = std::mem::take(&mut report.counters.held_for_neighbour);
-    report.counters.drops[DropReason::NeighbourUnknown as usize] += held;
+    // A replay sends no ARP: a frame that would wait for its next hop is dropped.
+    report.counters.drops[DropReason::NeighbourUnknown as usize] += unresolved;
     Ok(report)
 }
 

@@ -246,6 +246,10 @@ fn preflight(a: &RunArgs) -> Result<(Vec<Port>, SocketSlots)> {
 /// rebuild) or on SIGHUP; objects that do not load keep the last good snapshot.
 pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     let (ports, slots) = preflight(&a)?;
+    let listeners = [
+        endpoints::listen(a.metrics_bind_address)?,
+        endpoints::listen(a.healthz_bind_address)?,
+    ];
     let sync_metrics = SyncMetrics::default();
     let mut seen = (source.changes)();
     let started = Instant::now();
@@ -409,10 +413,10 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         .collect();
     // The pods there are now are served before kxdp says it is ready.
     follow_pods(&mut steering);
-    let http = [
-        endpoints::serve(a.metrics_bind_address, stop.clone(), state.clone())?,
-        endpoints::serve(a.healthz_bind_address, stop.clone(), state.clone())?,
-    ];
+    let http: Vec<_> = listeners
+        .into_iter()
+        .map(|l| l.serve(stop.clone(), state.clone()))
+        .collect::<Result<_>>()?;
     tracing::info!(
         queues = a.queues,
         uplink = %a.uplink,

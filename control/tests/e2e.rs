@@ -473,7 +473,36 @@ fn the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothin
     let _http = t.server(server, "http", HTTP_SERVER, HTTP_PORT);
     // No Service names the server, so nothing asks for its MAC before the SYN.
     let kxdp = t.start_kxdp(&t.write_objects(&[]));
+    let metric = |name: &str| {
+        let metrics = t
+            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        (sample(&metrics, name).unwrap_or(-1.0), metrics)
+    };
+    let unknown = "kxdp_dropped_packets_total{worker=\"0\",reason=\"neighbour_unknown\"}";
+    let held = "kxdp_held_for_neighbour_total{worker=\"0\"}";
+
+    // First, an address in the pod CIDR with no pod (a deleted pod's): its frames
+    // are held, asked for, and dropped after a second; once the first is dropped,
+    // the next ones at once (pings at 1.2 s and 1.5 s), not held.
+    let ping = ["ping", "-c", "6", "-i", "0.3", "-W", "1", "198.18.1.99"];
+    let out = t.exec(&client.ns, &ping);
+    assert!(!out.status.success(), "nobody should answer at 198.18.1.99");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(unknown).0 < 6.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (dropped, metrics) = metric(unknown);
+    assert_eq!(dropped, 6.0, "{metrics}");
+    let (held_dead, metrics) = metric(held);
+    assert!(
+        (3.0..6.0).contains(&held_dead),
+        "held {held_dead} of the 6 pings:\n{metrics}"
+    );
+
+    // Then the server, which never sent a frame: its SYN waits for ARP.
     let before = net_counter(&t, &client.ns, "TcpExtTCPSynRetrans");
+    let held_before = metric(held).0;
     let r = t.http_get(&client.ns, &format!("http://{}:{HTTP_PORT}/", server.ip));
     assert_eq!(r.backend, server.ip, "{r:?}");
     assert_eq!(
@@ -482,16 +511,17 @@ fn the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothin
         "the SYN was dropped while kxdp asked for the server's MAC:\n{}",
         kxdp.log()
     );
-    let metrics = t
-        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-        .unwrap_or_else(|e| panic!("{}", e.message));
-    let unknown = "kxdp_dropped_packets_total{worker=\"0\",reason=\"neighbour_unknown\"}";
-    assert_eq!(sample(&metrics, unknown), Some(0.0), "{metrics}");
-    let held = sample(&metrics, "kxdp_held_for_neighbour_total{worker=\"0\"}");
-    assert!(
-        held.is_some_and(|n| n >= 1.0),
-        "the SYN was not held: {metrics}"
-    );
+    // Workers publish their counters every few milliseconds they run.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while metric(held).0 <= held_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (now_held, metrics) = metric(held);
+    assert!(now_held > held_before, "the SYN was not held: {metrics}");
+    assert_eq!(metric(unknown).0, 6.0, "{metrics}");
+    let (status, log) = kxdp.stop();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(log.contains("all frames accounted for"), "{log}");
 }
 
 #[test]

@@ -1013,15 +1013,22 @@ impl Pipeline {
     }
 
     /// Where a frame held for `ip` goes now, if `ip` has been learned: its port,
-    /// and the destination and source MACs to write. Not yet: asked for again, once
-    /// the hold-down allows (the first question may have gone unanswered).
-    pub fn resolved(&mut self, ip: Ipv4Addr, via: Via) -> Option<(PortId, Mac, Mac)> {
-        let Some(n) = self.neighbours.get(ip) else {
-            self.resolve.want(ip, via, self.now);
-            return None;
-        };
+    /// and the destination and source MACs to write.
+    pub fn resolved(&self, ip: Ipv4Addr) -> Option<(PortId, Mac, Mac)> {
+        let n = self.neighbours.get(ip)?;
         let port = self.cfg.ports.get(n.port)?;
         Some((n.port, n.mac, port.mac))
+    }
+
+    /// Asks for `ip` again (a held frame's first question may have gone unanswered),
+    /// unless it was asked for within the hold-down.
+    pub fn ask_again(&mut self, ip: Ipv4Addr, via: Via, now: Nanos) {
+        self.resolve.want(ip, via, now);
+    }
+
+    /// Whether a neighbour was learned since the worker last shared the news.
+    pub fn learned(&self) -> bool {
+        self.news_len > 0
     }
 
     /// Last touches of a forwarded packet: TTL, and full L4 checksums where the

@@ -90,8 +90,9 @@ pub struct Counters {
     /// Frames handed to another worker to transmit, on a port with no queue for this
     /// worker (counted by the worker, not the pipeline).
     pub handed_tx: u64,
-    /// Frames held while their next hop was resolved ([`Verdict::Resolve`]); each is
-    /// later counted as transmitted, or dropped as `neighbour_unknown`.
+    /// Frames held while their next hop was resolved ([`Verdict::Resolve`]), counted
+    /// by the worker; each is later counted as transmitted, or dropped as
+    /// `neighbour_unknown`.
     pub held_for_neighbour: u64,
 }
 
@@ -102,7 +103,8 @@ impl Counters {
             Verdict::Tx { .. } => self.tx += 1,
             Verdict::Pass => self.pass += 1,
             Verdict::Handoff { .. } => self.handoffs += 1,
-            Verdict::Resolve { .. } => self.held_for_neighbour += 1,
+            // Counted by whoever holds the frame (the worker), or drops it.
+            Verdict::Resolve { .. } => {}
             Verdict::Drop(r) => self.drops[r as usize] += 1,
         }
     }

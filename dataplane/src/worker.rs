@@ -44,6 +44,13 @@ use crate::xsk::umem::FramePool;
 const WAITING_MAX: usize = 256;
 const WAITING_PER_NEIGHBOUR: usize = 16;
 const WAIT_AT_MOST: Nanos = Nanos(1_000_000_000);
+/// How often an address frames wait for is asked for again.
+const ASK_AGAIN_EVERY: Nanos = crate::resolve::HOLD_DOWN;
+/// Addresses whose frames waited in vain: their next frames are dropped at once for
+/// this long, as the kernel fails a neighbour (traffic to a deleted pod's address
+/// would otherwise fill the waiting list and crowd out new pods').
+const UNANSWERED: usize = 16;
+const UNANSWERED_FOR: Nanos = Nanos(1_000_000_000);
 
 /// A frame held for its next hop's MAC ([`Verdict::Resolve`]).
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +59,8 @@ struct Waiting {
     ip: Ipv4Addr,
     via: Via,
     since: Nanos,
+    /// When its address was last asked for.
+    asked: Nanos,
 }
 
 /// How often a worker sweeps expired flows and publishes its counters.
@@ -353,8 +362,12 @@ pub struct Worker {
     /// Frames held for their next hop's MAC; held frames sent when it came, and
     /// dropped when it did not (or when too many waited).
     waiting: Vec<Waiting>,
+    waited: u64,
     waited_tx: u64,
     waited_drop: u64,
+    /// Addresses that did not answer, and when (a ring).
+    unanswered: [(Ipv4Addr, Nanos); UNANSWERED],
+    unanswered_next: usize,
 }
 
 impl Worker {
@@ -408,8 +421,11 @@ impl Worker {
             queue_full: 0,
             port_gone: 0,
             waiting: Vec::with_capacity(WAITING_MAX),
+            waited: 0,
             waited_tx: 0,
             waited_drop: 0,
+            unanswered: [(Ipv4Addr::UNSPECIFIED, Nanos(0)); UNANSWERED],
+            unanswered_next: 0,
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -504,6 +520,11 @@ impl Worker {
                     }
                     self.handle(snap, now, &mut rx[j], ingress, true, ahead.probe(j));
                 }
+                // A neighbour learned from this port (its ARP reply, its own
+                // frames): the frames held for it leave before later ones to it.
+                if !self.waiting.is_empty() && self.pipeline.learned() {
+                    self.release_waiting();
+                }
             }
             // Frames other workers handed over: their flows are ours.
             for _ in 0..batch {
@@ -515,7 +536,8 @@ impl Worker {
             }
             self.share_neighbours(now);
             if !self.waiting.is_empty() {
-                self.release_waiting(now);
+                self.release_waiting();
+                self.expire_waiting(now);
             }
             self.send_arp_requests(snap);
             // Frames other workers finished for ports they have no socket on; a batch
@@ -548,6 +570,11 @@ impl Worker {
                 self.sleep()?;
             }
         }
+        // Frames still held at stop are dropped, and counted so.
+        self.waited_drop += self.waiting.len() as u64;
+        self.pool
+            .free
+            .extend(self.waiting.drain(..).map(|w| w.desc));
         self.publish(current.generation);
         Ok(self.drain())
     }
@@ -621,14 +648,20 @@ impl Worker {
                 self.nudge |= 1 << worker;
             }
             Verdict::Resolve { ip, via } => {
-                self.pool.commit(desc, start, flen);
-                let for_ip = self.waiting.iter().filter(|w| w.ip == ip).count();
-                if self.waiting.len() < WAITING_MAX && for_ip < WAITING_PER_NEIGHBOUR {
+                let room = self.waiting.len() < WAITING_MAX
+                    && !self.unanswered.iter().any(|&(a, at)| {
+                        a == ip && at.0 != 0 && now.0.saturating_sub(at.0) < UNANSWERED_FOR.0
+                    })
+                    && self.waiting.iter().filter(|w| w.ip == ip).count() < WAITING_PER_NEIGHBOUR;
+                if room {
+                    self.waited += 1;
+                    self.pool.commit(desc, start, flen);
                     self.waiting.push(Waiting {
                         desc: *desc,
                         ip,
                         via,
                         since: now,
+                        asked: now,
                     });
                 } else {
                     self.waited_drop += 1;
@@ -643,14 +676,12 @@ impl Worker {
         }
     }
 
-    /// Sends the held frames whose next hop is known now, and drops those that
-    /// waited too long.
-    fn release_waiting(&mut self, now: Nanos) {
-        let (pipeline, pool, out) = (&mut self.pipeline, &self.pool, &mut self.out);
+    /// Sends the held frames whose next hop is known now, in the order they came.
+    fn release_waiting(&mut self) {
+        let (pipeline, pool, out) = (&self.pipeline, &self.pool, &mut self.out);
         let before = self.waiting.len();
-        // In order: frames to one neighbour leave as they came.
         self.waiting.retain_mut(|w| {
-            let Some((port, dst, src)) = pipeline.resolved(w.ip, w.via) else {
+            let Some((port, dst, src)) = pipeline.resolved(w.ip) else {
                 return true;
             };
             // SAFETY: a held frame is ours, in no ring; the view ends here.
@@ -661,11 +692,36 @@ impl Worker {
             false
         });
         self.waited_tx += (before - self.waiting.len()) as u64;
-        let (free, before) = (&mut self.pool.free, self.waiting.len());
+    }
+
+    /// Asks again for the addresses frames still wait for, once per address every
+    /// [`ASK_AGAIN_EVERY`], and drops the frames that waited [`WAIT_AT_MOST`],
+    /// remembering their address as unanswered.
+    fn expire_waiting(&mut self, now: Nanos) {
+        for i in 0..self.waiting.len() {
+            let w = self.waiting[i];
+            if now.0.saturating_sub(w.asked.0) >= ASK_AGAIN_EVERY.0 {
+                self.pipeline.ask_again(w.ip, w.via, now);
+                for other in self.waiting.iter_mut().filter(|o| o.ip == w.ip) {
+                    other.asked = now;
+                }
+            }
+        }
+        let before = self.waiting.len();
+        let (free, unanswered, next) = (
+            &mut self.pool.free,
+            &mut self.unanswered,
+            &mut self.unanswered_next,
+        );
+        let stamp = Nanos(now.0.max(1));
         self.waiting.retain(|w| {
             let expired = now.0.saturating_sub(w.since.0) > WAIT_AT_MOST.0;
             if expired {
                 free.push(w.desc);
+                if !unanswered.contains(&(w.ip, stamp)) {
+                    unanswered[*next] = (w.ip, stamp);
+                    *next = (*next + 1) % UNANSWERED;
+                }
             }
             !expired
         });
@@ -898,6 +954,7 @@ impl Worker {
             s.counters.drops[DropReason::WorkerQueueFull as usize] += self.queue_full;
             s.counters.drops[DropReason::PortGone as usize] += self.port_gone;
             s.counters.tx += self.waited_tx;
+            s.counters.held_for_neighbour = self.waited;
             s.counters.drops[DropReason::NeighbourUnknown as usize] += self.waited_drop;
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;
@@ -925,9 +982,6 @@ impl Worker {
                 p.reap(&mut self.pool.free, &mut scratch);
             }
         }
-        self.pool
-            .free
-            .extend(self.waiting.drain(..).map(|w| w.desc));
         FrameCount {
             free: self.pool.free.len(),
             in_rings: self.ports.iter().map(|p| p.in_fill + p.in_tx).sum(),

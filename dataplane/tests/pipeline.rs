@@ -857,11 +857,7 @@ fn local_pod_without_a_known_mac_is_held_for_arp_not_guessed() {
     );
     // Finished but for its Ethernet addresses, which the worker writes later.
     assert_eq!(seen(&out).ttl, 63);
-    assert_eq!(
-        p.resolved(silent, kxdp_dataplane::resolve::Via::PodPorts),
-        None
-    );
-    assert_eq!(p.counters().held_for_neighbour, 1);
+    assert_eq!(p.resolved(silent), None);
 }
 
 #[test]
@@ -895,7 +891,7 @@ fn an_unknown_next_hop_is_queued_for_arp_once_and_learned_from_the_reply() {
     assert_eq!(p.counters().arp_learned, 1);
     // The held frames can go now.
     assert_eq!(
-        p.resolved(B, Via::PodPorts),
+        p.resolved(B),
         Some((POD_B, pod_mac(B), host_veth_mac(POD_B)))
     );
     assert_eq!(
