@@ -439,9 +439,10 @@ pub fn explain_with(
     };
     let c = match e.outcome {
         Outcome::NoService { .. } => {
-            if let Some((worker, backend, state)) =
-                existing.filter(|&(_, b, st)| pick::recheck(snap, t, b, st).keeps)
-            {
+            // As for a Service, a closed flow is explained as the new SYN would go.
+            if let Some((worker, backend, state)) = existing.filter(|&(_, b, st)| {
+                st != FlowState::TcpClosed && pick::recheck(snap, t, b, st).keeps
+            }) {
                 info.verdict = "backend".into();
                 info.chosen_by = Some("existing_flow".into());
                 info.existing_flow = Some(ExistingFlowInfo {

@@ -298,6 +298,8 @@ pub struct SyncMetrics {
     /// Pod interfaces served through `--pod-routes` (those named with `--pod-iface`
     /// are not counted).
     pub pod_interfaces: Gauge,
+    /// Pod interfaces in the routes that kxdp could not serve.
+    pub pod_interfaces_unserved: Gauge,
 }
 
 impl Default for SyncMetrics {
@@ -311,6 +313,7 @@ impl Default for SyncMetrics {
             programming_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             watches_failing: Gauge::default(),
             pod_interfaces: Gauge::default(),
+            pod_interfaces_unserved: Gauge::default(),
         }
     }
 }
@@ -341,6 +344,12 @@ pub fn registry(m: DataplaneMetrics, sync: &SyncMetrics) -> Registry {
         "Pod interfaces kxdp serves because a /32 route in the pod CIDR goes through \
          them (--pod-routes).",
         sync.pod_interfaces.clone(),
+    );
+    r.register(
+        "kxdp_pod_interfaces_unserved",
+        "Pod interfaces a /32 route in the pod CIDR goes through that kxdp could not \
+         serve (logged; retried every 5 s): traffic to those pods is lost. Alert on it.",
+        sync.pod_interfaces_unserved.clone(),
     );
     r
 }
@@ -444,6 +453,7 @@ mod tests {
         sync.programming_duration.observe(0.02);
         sync.watches_failing.set(1);
         sync.pod_interfaces.set(12);
+        sync.pod_interfaces_unserved.set(2);
         let r = registry(
             DataplaneMetrics {
                 workers: vec![Arc::new(Mutex::new(s))],
@@ -473,6 +483,7 @@ mod tests {
             "kxdp_held_for_neighbour_total{worker=\"0\"} 6",
             "kxdp_api_watches_failing 1",
             "kxdp_pod_interfaces 12",
+            "kxdp_pod_interfaces_unserved 2",
             "kxdp_xsk_rx_dropped_total{worker=\"0\",interface=\"eth1\"} 1",
             "kxdp_xsk_rx_ring_full_total{worker=\"0\",interface=\"eth1\"} 2",
             "kxdp_xsk_fill_ring_empty_total{worker=\"0\",interface=\"eth1\"} 3",

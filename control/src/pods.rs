@@ -28,10 +28,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 const WORKERS_WITHIN: Duration = Duration::from_secs(5);
 
 /// The interfaces `/proc/net/route` (`table`) sends a pod of `cidrs` through: those
-/// of its up, gateway-less /32 routes inside a pod CIDR, but `except` (the uplink,
-/// and interfaces served with `--pod-iface`).
+/// of its gateway-less /32 routes inside a pod CIDR, but `except` (the uplink, and
+/// interfaces served with `--pod-iface`) and `*` (a blackhole or unreachable route).
 pub fn pod_interfaces(table: &str, cidrs: &[Ipv4Net], except: &[&str]) -> BTreeSet<String> {
-    const RTF_UP: u32 = 0x1;
     const RTF_GATEWAY: u32 = 0x2;
     let hex = |f: &str| u32::from_str_radix(f, 16).ok();
     // The kernel prints each address as the u32 it stores: network order in memory,
@@ -48,7 +47,7 @@ pub fn pod_interfaces(table: &str, cidrs: &[Ipv4Net], except: &[&str]) -> BTreeS
                 hex(f.get(3)?)?,
                 hex(f.get(7)?)?,
             );
-            let host = mask == u32::MAX && flags & RTF_UP != 0 && flags & RTF_GATEWAY == 0;
+            let host = mask == u32::MAX && flags & RTF_GATEWAY == 0 && iface != "*";
             (host && cidrs.iter().any(|c| c.contains(dst)) && !except.contains(&iface))
                 .then(|| iface.to_owned())
         })
@@ -79,10 +78,20 @@ pub struct Dataplane<'a> {
     pub sockets: &'a Sockets,
 }
 
+/// One slot of the pods'.
+enum Slot {
+    Free,
+    Serving(Served),
+    /// Out of the program and its maps, and not confirmed out of every worker
+    /// (one did not answer in time): asked again at every scan, never reused
+    /// before (a worker would refuse the slot as taken).
+    Removing,
+}
+
 /// The pods served through their routes, slot by slot.
 pub struct PodPorts {
     /// Slot `first + i` is `served[i]`.
-    served: Vec<Option<Served>>,
+    served: Vec<Slot>,
     first: u16,
     /// Where the search for a free slot starts: after the last one taken, so a
     /// slot just freed is the last to be taken again (frames and neighbours of the
@@ -102,7 +111,7 @@ impl PodPorts {
     /// `--pod-iface` interfaces, named in `except`).
     pub fn new(first: u16, max: u32, except: Vec<String>) -> PodPorts {
         PodPorts {
-            served: (0..max).map(|_| None).collect(),
+            served: (0..max).map(|_| Slot::Free).collect(),
             first,
             cursor: 0,
             except,
@@ -111,18 +120,31 @@ impl PodPorts {
         }
     }
 
+    fn serving(&self) -> impl Iterator<Item = &Served> {
+        self.served.iter().filter_map(|s| match s {
+            Slot::Serving(s) => Some(s),
+            _ => None,
+        })
+    }
+
     /// Pods served now.
     pub fn len(&self) -> usize {
-        self.served.iter().flatten().count()
+        self.serving().count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Pod interfaces in the routes that could not be served (waiting for a retry).
+    pub fn unserved(&self) -> usize {
+        self.failed.len()
+    }
+
     /// Reads the route table if it is time, and starts or stops serving the pod
     /// interfaces that came or went. Errors are logged: a pod that cannot be served
-    /// is left to the kernel and tried again later; the others go on.
+    /// is tried again later (meanwhile what it sends goes to the kernel, and what is
+    /// sent to it through kxdp is lost), and the others go on.
     pub fn follow(&mut self, cidrs: &[Ipv4Net], dp: &mut Dataplane<'_>, facts: Facts<'_>) {
         let now = Instant::now();
         if now < self.next_scan {
@@ -139,22 +161,31 @@ impl PodPorts {
         let except: Vec<&str> = self.except.iter().map(String::as_str).collect();
         let want = pod_interfaces(&table, cidrs, &except);
         for i in 0..self.served.len() {
-            let gone = self.served[i].as_ref().is_some_and(|s| {
-                !want.contains(&s.name) || steer::ifindex(&s.name).ok() != Some(s.ifindex)
-            });
-            if gone {
-                self.remove(i, dp);
+            match &self.served[i] {
+                Slot::Serving(s)
+                    if !want.contains(&s.name)
+                        || steer::ifindex(&s.name).ok() != Some(s.ifindex) =>
+                {
+                    self.remove(i, dp)
+                }
+                Slot::Removing => {
+                    let id = self.id(i);
+                    if self.leave_workers(id, dp, Vec::new()) {
+                        self.served[i] = Slot::Free;
+                    }
+                }
+                _ => {}
             }
         }
         self.failed.retain(|(_, at)| *at > now);
         for name in want {
-            let known = self.served.iter().flatten().any(|s| s.name == name)
+            let known = self.serving().any(|s| s.name == name)
                 || self.failed.iter().any(|(n, _)| *n == name);
             if known {
                 continue;
             }
             if let Err(e) = self.add(&name, dp, facts) {
-                tracing::warn!(iface = %name, "pod interface not served, left to the kernel; retried in {RETRY_AFTER:?}: {e:#}");
+                tracing::warn!(iface = %name, "pod interface not served, retried in {RETRY_AFTER:?}: {e:#}");
                 self.failed.push((name, now + RETRY_AFTER));
             }
         }
@@ -164,16 +195,18 @@ impl PodPorts {
         let n = self.served.len();
         let Some(i) = (0..n)
             .map(|k| (self.cursor + k) % n)
-            .find(|&i| self.served[i].is_none())
+            .find(|&i| matches!(self.served[i], Slot::Free))
         else {
             anyhow::bail!("all {n} --max-pods slots are taken");
         };
+        // Past this slot whatever happens: one that fails is not the next one tried.
+        self.cursor = i + 1;
         // The interface as it is now: if it is replaced while kxdp sets up, the
         // sockets and the program would be on two different interfaces.
         let ifindex = steer::ifindex(name)?;
         let (port, queues) = facts(name)?;
         anyhow::ensure!(port.role == PortRole::Pod, "not a pod interface");
-        let id = PortId(self.first + i as u16);
+        let id = self.id(i);
         let key = |q| dp.slots.key(id.0 as u32, q);
         let mut sockets = Vec::new();
         for q in 0..queues {
@@ -187,7 +220,7 @@ impl PodPorts {
             match opened {
                 Ok(x) => sockets.push(Some(x)),
                 Err(e) => {
-                    self.undo(id, ifindex, dp, sockets.into_iter().flatten().collect());
+                    self.undo(i, ifindex, dp, sockets.into_iter().flatten().collect());
                     return Err(e);
                 }
             }
@@ -195,7 +228,7 @@ impl PodPorts {
         let add = PortChange::Add { id, port, queues };
         let (done, back) = dp.fleet.change_ports(&add, sockets, WORKERS_WITHIN);
         if let Err(e) = done {
-            self.undo(id, ifindex, dp, back);
+            self.undo(i, ifindex, dp, back);
             anyhow::bail!("workers: {e}");
         }
         let attached = dp
@@ -203,61 +236,71 @@ impl PodPorts {
             .attach(name, Role::Pod, dp.mode, dp.slots, id.0 as u32, queues);
         match attached {
             Ok(at) if at == ifindex => {
-                self.served[i] = Some(Served {
+                self.served[i] = Slot::Serving(Served {
                     name: name.to_owned(),
                     ifindex,
                 });
-                self.cursor = i + 1;
                 tracing::info!(iface = %name, slot = id.0, queues, "pod interface served");
                 Ok(())
             }
             Ok(at) => {
                 dp.steering.detach(at, dp.slots, id.0 as u32);
-                self.undo(id, ifindex, dp, Vec::new());
+                self.undo(i, ifindex, dp, Vec::new());
                 anyhow::bail!("the interface was replaced while kxdp set it up")
             }
             Err(e) => {
-                self.undo(id, ifindex, dp, Vec::new());
+                self.undo(i, ifindex, dp, Vec::new());
                 Err(e.into())
             }
         }
     }
 
-    fn remove(&mut self, i: usize, dp: &mut Dataplane<'_>) {
-        let Some(s) = self.served[i].take() else {
-            return;
-        };
-        let id = PortId(self.first + i as u16);
-        self.undo(id, s.ifindex, dp, Vec::new());
-        tracing::info!(iface = %s.name, slot = id.0, "pod interface gone");
+    fn id(&self, i: usize) -> PortId {
+        PortId(self.first + i as u16)
     }
 
-    /// Takes slot `id` out of the program, its maps and the workers, and closes its
-    /// sockets (and `sockets`, opened and not handed over): off the workers, since
-    /// a close waits on the kernel. Their frames go back to the workers' spares.
-    fn undo(
-        &mut self,
-        id: PortId,
-        ifindex: u32,
-        dp: &mut Dataplane<'_>,
-        mut sockets: Vec<XskPort>,
-    ) {
+    fn remove(&mut self, i: usize, dp: &mut Dataplane<'_>) {
+        let Slot::Serving(s) = std::mem::replace(&mut self.served[i], Slot::Free) else {
+            return;
+        };
+        self.undo(i, s.ifindex, dp, Vec::new());
+        tracing::info!(iface = %s.name, slot = self.id(i).0, "pod interface gone");
+    }
+
+    /// Takes slot `i` out of the program, its maps and the workers, and closes its
+    /// sockets (and `sockets`, opened and not handed over). The slot is free after,
+    /// or still being removed if a worker did not confirm.
+    fn undo(&mut self, i: usize, ifindex: u32, dp: &mut Dataplane<'_>, sockets: Vec<XskPort>) {
+        let id = self.id(i);
         // First out of the XSKMAP, so that nothing is steered to a closing socket.
         dp.steering.detach(ifindex, dp.slots, id.0 as u32);
-        let (done, back) =
-            dp.fleet
-                .change_ports(&PortChange::Remove { id }, Vec::new(), WORKERS_WITHIN);
+        self.served[i] = match self.leave_workers(id, dp, sockets) {
+            true => Slot::Free,
+            false => Slot::Removing,
+        };
+    }
+
+    /// Has every worker let go of slot `id`, and closes the sockets they hand back
+    /// (and `sockets`): off the workers, since a close waits on the kernel. Their
+    /// frames go back to the workers' spares. False when a worker did not confirm.
+    fn leave_workers(&self, id: PortId, dp: &Dataplane<'_>, mut sockets: Vec<XskPort>) -> bool {
+        let remove = PortChange::Remove { id };
+        let (done, back) = dp.fleet.change_ports(&remove, Vec::new(), WORKERS_WITHIN);
         sockets.extend(back);
         let mut frames: Vec<FrameDesc> = Vec::new();
         for s in sockets {
             s.close(&mut frames);
         }
         dp.fleet.give_back(frames);
-        if let Err(e) = done {
-            // A worker that did not answer still removes it when it gets to it, and
-            // closes the socket then, its frames lost to the count at exit.
-            tracing::warn!(slot = id.0, "removing a pod interface: {e}");
+        if let Err(e) = &done {
+            // A socket a worker hands back after the wait closes on its thread, and
+            // its frames are missing from the count at exit.
+            tracing::warn!(
+                slot = id.0,
+                "removing a pod interface, asked again later: {e}"
+            );
         }
+        done.is_ok()
     }
 }
 
@@ -271,7 +314,7 @@ n1u\t00000000\t0180C6C6\t0003\t0\t0\t0\t00000000\t0\t0\t0
 n1u\t0080C6C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 cali1\t0A0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
 cali2\t0B0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
-down3\t0C0112C6\t00000000\t0004\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+*\t0C0112C6\t00000000\t0205\t0\t0\t0\tFFFFFFFF\t0\t0\t0
 via4\t0D0112C6\t0180C6C6\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0
 other\t0A0212C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
 static\t0E0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
@@ -281,8 +324,8 @@ static\t0E0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
     fn pod_interfaces_are_those_of_direct_host_routes_in_the_pod_cidr() {
         let cidr = Ipv4Net::new(Ipv4Addr::new(198, 18, 1, 0), 24).unwrap();
         let got = pod_interfaces(TABLE, &[cidr], &["static"]);
-        // Not: the default and underlay routes, a route that is down, one through a
-        // gateway, another node's pod, an interface served with --pod-iface.
+        // Not: the default and underlay routes, a blackhole, one through a gateway,
+        // another node's pod, an interface served with --pod-iface.
         assert_eq!(got, BTreeSet::from(["cali1".into(), "cali2".into()]));
         assert!(pod_interfaces(TABLE, &[], &[]).is_empty());
         assert!(pod_interfaces("garbage\nline", &[cidr], &[]).is_empty());

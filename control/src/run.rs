@@ -399,6 +399,9 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         };
         pods.follow(&cidrs, &mut dp, &pod_facts);
         sync_metrics.pod_interfaces.set(pods.len() as i64);
+        sync_metrics
+            .pod_interfaces_unserved
+            .set(pods.unserved() as i64);
     };
     let tx_budget = workers.iter().map(|w| w.tx_budget()).min().unwrap_or(0);
     let handles: Vec<_> = workers

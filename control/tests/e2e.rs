@@ -530,7 +530,39 @@ fn pods_that_come_and_go_are_served_through_their_routes() {
     if !available(name) {
         return;
     }
-    pods_come_and_go(&Topology::new(name, &[10, 11, 12], &[]), 1);
+    // Three slots for three pods: the pod created again takes the slot it left.
+    pods_come_and_go(&Topology::new(name, &[10, 11, 12], &[]), 1, "3");
+}
+
+#[test]
+fn a_pod_beyond_max_pods_is_reported_unserved() {
+    let name = "a_pod_beyond_max_pods_is_reported_unserved";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11], &[]);
+    let objects = t.write_objects(&[]);
+    let path = objects.to_str().expect("utf-8 path");
+    let args = ["--objects", path, "--pod-routes", "--max-pods", "1"];
+    let kxdp = t.start_kxdp_with(&args);
+    let metrics = t
+        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(
+        sample(&metrics, "kxdp_pod_interfaces"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "kxdp_pod_interfaces_unserved"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        kxdp.log().contains("all 1 --max-pods slots are taken"),
+        "{}",
+        kxdp.log()
+    );
 }
 
 #[test]
@@ -540,14 +572,14 @@ fn pods_that_come_and_go_are_served_by_two_workers_through_the_one_with_their_qu
         return;
     }
     let t = Topology::with_queues_on(name, &[10, 11, 12], &[], 2, 1);
-    pods_come_and_go(&t, 2);
+    pods_come_and_go(&t, 2, "110");
 }
 
 /// Pod 12 is created after kxdp starts, becomes the Service's backend (also through
 /// a NodePort: with two workers, worker 1 takes some of those connections and
 /// transmits to the pod through worker 0), is deleted and created again; kxdp finds
 /// each change in the routes (`--pod-routes`).
-fn pods_come_and_go(t: &Topology, workers: u32) {
+fn pods_come_and_go(t: &Topology, workers: u32, max_pods: &str) {
     let (client, first, late) = (t.pod(1, 10), t.pod(1, 11), t.pod(1, 12));
     // Pod 12 does not exist yet when kxdp starts.
     t.unplug(late);
@@ -561,6 +593,8 @@ fn pods_come_and_go(t: &Topology, workers: u32) {
         "--pod-routes",
         "--queues",
         &queues,
+        "--max-pods",
+        max_pods,
     ]);
     let served = "pod interface served";
     kxdp.wait_log(served, 2, Duration::from_secs(10));
@@ -600,7 +634,8 @@ fn pods_come_and_go(t: &Topology, workers: u32) {
         );
     }
 
-    // Deleted with frames in its rings; then created again, in the slot it left.
+    // Deleted with frames in its rings; then created again (in the slot it left when
+    // there are only three).
     t.unplug(late);
     kxdp.wait_log("pod interface gone", 1, Duration::from_secs(10));
     t.write_objects(&[web.clone().endpoints(&[first])]);

@@ -718,9 +718,13 @@ impl Worker {
             let expired = now.0.saturating_sub(w.since.0) > WAIT_AT_MOST.0;
             if expired {
                 free.push(w.desc);
-                if !unanswered.contains(&(w.ip, stamp)) {
-                    unanswered[*next] = (w.ip, stamp);
-                    *next = (*next + 1) % UNANSWERED;
+                // One entry an address (its frames expire over several loops).
+                match unanswered.iter_mut().find(|(a, _)| *a == w.ip) {
+                    Some(entry) => entry.1 = stamp,
+                    None => {
+                        unanswered[*next] = (w.ip, stamp);
+                        *next = (*next + 1) % UNANSWERED;
+                    }
                 }
             }
             !expired

@@ -118,8 +118,8 @@ impl XskPort {
             let name = iface
                 .parse()
                 .map_err(|_| format!("bad interface name {iface:?}"))?;
-            // SAFETY: the UMEM outlives the socket (both live in the worker, the pool
-            // is dropped last), as xsk-rs requires.
+            // SAFETY: the socket keeps a handle on the UMEM (xsk-rs counts them), so
+            // the UMEM outlives it wherever the socket goes, as xsk-rs requires.
             unsafe { Socket::new(cfg, umem, &name, queue) }.map_err(|e| format!("{e}"))
         };
         let (tx, rx, rings) = match mode {
