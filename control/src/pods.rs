@@ -7,7 +7,7 @@
 //! same answer. Until kxdp has attached to a new pod's veth (within that period),
 //! the pod's frames go to the kernel, which routes them but translates no Service.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,15 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How long the control side waits for the workers to open or close sockets.
 const WORKERS_WITHIN: Duration = Duration::from_secs(5);
 
-/// The interfaces `/proc/net/route` (`table`) sends a pod of `cidrs` through: those
-/// of its gateway-less /32 routes inside a pod CIDR, but `except` (the uplink, and
-/// interfaces served with `--pod-iface`) and `*` (a blackhole or unreachable route).
-pub fn pod_interfaces(table: &str, cidrs: &[Ipv4Net], except: &[&str]) -> BTreeSet<String> {
+/// The interfaces `/proc/net/route` (`table`) sends a pod of `cidrs` through, with
+/// the pod addresses behind each: those of its gateway-less /32 routes inside a pod
+/// CIDR, but `except` (the uplink, and interfaces served with `--pod-iface`) and `*`
+/// (a blackhole or unreachable route).
+pub fn pod_interfaces(
+    table: &str,
+    cidrs: &[Ipv4Net],
+    except: &[&str],
+) -> BTreeMap<String, Vec<Ipv4Addr>> {
     const RTF_GATEWAY: u32 = 0x2;
     let hex = |f: &str| u32::from_str_radix(f, 16).ok();
     // The kernel prints each address as the u32 it stores: network order in memory,
@@ -49,9 +54,12 @@ pub fn pod_interfaces(table: &str, cidrs: &[Ipv4Net], except: &[&str]) -> BTreeS
             );
             let host = mask == u32::MAX && flags & RTF_GATEWAY == 0 && iface != "*";
             (host && cidrs.iter().any(|c| c.contains(dst)) && !except.contains(&iface))
-                .then(|| iface.to_owned())
+                .then(|| (iface.to_owned(), dst))
         })
-        .collect()
+        .fold(BTreeMap::new(), |mut m, (iface, dst)| {
+            m.entry(iface).or_insert_with(Vec::new).push(dst);
+            m
+        })
 }
 
 /// A pod interface kxdp serves: its slot (the [`PortId`] and XSKMAP slot) and the
@@ -163,7 +171,7 @@ impl PodPorts {
         for i in 0..self.served.len() {
             match &self.served[i] {
                 Slot::Serving(s)
-                    if !want.contains(&s.name)
+                    if !want.contains_key(&s.name)
                         || steer::ifindex(&s.name).ok() != Some(s.ifindex) =>
                 {
                     self.remove(i, dp)
@@ -178,20 +186,28 @@ impl PodPorts {
             }
         }
         self.failed.retain(|(_, at)| *at > now);
-        for name in want {
+        for (name, addrs) in want {
             let known = self.serving().any(|s| s.name == name)
                 || self.failed.iter().any(|(n, _)| *n == name);
             if known {
                 continue;
             }
-            if let Err(e) = self.add(&name, dp, facts) {
+            if let Err(e) = self.add(&name, addrs, dp, facts) {
                 tracing::warn!(iface = %name, "pod interface not served, retried in {RETRY_AFTER:?}: {e:#}");
                 self.failed.push((name, now + RETRY_AFTER));
             }
         }
     }
 
-    fn add(&mut self, name: &str, dp: &mut Dataplane<'_>, facts: Facts<'_>) -> Result<()> {
+    /// Serves `name`, the way to the pods at `addrs` (which kxdp then asks for there
+    /// only, not on every pod's interface).
+    fn add(
+        &mut self,
+        name: &str,
+        addrs: Vec<Ipv4Addr>,
+        dp: &mut Dataplane<'_>,
+        facts: Facts<'_>,
+    ) -> Result<()> {
         let n = self.served.len();
         let Some(i) = (0..n)
             .map(|k| (self.cursor + k) % n)
@@ -225,7 +241,12 @@ impl PodPorts {
                 }
             }
         }
-        let add = PortChange::Add { id, port, queues };
+        let add = PortChange::Add {
+            id,
+            port,
+            queues,
+            addrs,
+        };
         let (done, back) = dp.fleet.change_ports(&add, sockets, WORKERS_WITHIN);
         if let Err(e) = done {
             self.undo(i, ifindex, dp, back);
@@ -326,7 +347,11 @@ static\t0E0112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
         let got = pod_interfaces(TABLE, &[cidr], &["static"]);
         // Not: the default and underlay routes, a blackhole, one through a gateway,
         // another node's pod, an interface served with --pod-iface.
-        assert_eq!(got, BTreeSet::from(["cali1".into(), "cali2".into()]));
+        let pod = |h| vec![Ipv4Addr::new(198, 18, 1, h)];
+        assert_eq!(
+            got,
+            BTreeMap::from([("cali1".into(), pod(10)), ("cali2".into(), pod(11))])
+        );
         assert!(pod_interfaces(TABLE, &[], &[]).is_empty());
         assert!(pod_interfaces("garbage\nline", &[cidr], &[]).is_empty());
     }

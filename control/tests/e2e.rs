@@ -535,6 +535,36 @@ fn pods_that_come_and_go_are_served_through_their_routes() {
 }
 
 #[test]
+fn arp_for_a_pod_found_in_the_routes_goes_out_of_its_interface_only() {
+    let name = "arp_for_a_pod_found_in_the_routes_goes_out_of_its_interface_only";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11, 12], &[]);
+    let (client, bystander, server) = (t.pod(1, 10), t.pod(1, 11), t.pod(1, 12));
+    let _http = t.server(server, "http", HTTP_SERVER, HTTP_PORT);
+    let objects = t.write_objects(&[]);
+    let path = objects.to_str().expect("utf-8 path");
+    let _kxdp = t.start_kxdp_with(&["--objects", path, "--pod-routes"]);
+    // What reaches the bystander pod: ARP only (IPv6 from the node is no matter).
+    let mut capture = t.spawn(
+        &bystander.ns,
+        "tcpdump",
+        &["timeout", "2", "tcpdump", "-l", "-nn", "-i", "eth0", "arp"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The server has not spoken: kxdp asks for its MAC, through n1p12 only.
+    let r = t.http_get(&client.ns, &format!("http://{}:{HTTP_PORT}/", server.ip));
+    assert_eq!(r.backend, server.ip, "{r:?}");
+    let (_, lines) = capture.wait_exit(Duration::from_secs(5)).unwrap();
+    let asked: Vec<_> = lines.iter().filter(|l| l.contains("198.18.1.12")).collect();
+    assert!(
+        asked.is_empty(),
+        "ARP for the server reached the bystander: {asked:?}"
+    );
+}
+
+#[test]
 fn a_pod_beyond_max_pods_is_reported_unserved() {
     let name = "a_pod_beyond_max_pods_is_reported_unserved";
     if !available(name) {

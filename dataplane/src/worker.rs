@@ -94,7 +94,13 @@ pub enum PortChange {
     /// `q mod queues` otherwise. The control side opens the sockets (opening and
     /// closing one waits on the kernel for milliseconds, which no worker should), and
     /// attaches the steering program only after every worker has taken its own.
-    Add { id: PortId, port: Port, queues: u32 },
+    /// `addrs`: the pods the node routes through it, asked for with ARP there only.
+    Add {
+        id: PortId,
+        port: Port,
+        queues: u32,
+        addrs: Vec<Ipv4Addr>,
+    },
     /// Stop serving slot `id`: its interface went away, or is no pod's any more. The
     /// control side has already taken its sockets out of the XSKMAP; each worker
     /// gives its socket back, for the control side to close.
@@ -365,6 +371,9 @@ pub struct Worker {
     waited: u64,
     waited_tx: u64,
     waited_drop: u64,
+    /// Pods' addresses and the port the node routes them through (`--pod-routes`):
+    /// ARP for them goes there, not out of every pod port.
+    arp_hints: std::collections::HashMap<Ipv4Addr, PortId>,
     /// Addresses that did not answer, and when (a ring).
     unanswered: [(Ipv4Addr, Nanos); UNANSWERED],
     unanswered_next: usize,
@@ -424,6 +433,7 @@ impl Worker {
             waited: 0,
             waited_tx: 0,
             waited_drop: 0,
+            arp_hints: std::collections::HashMap::new(),
             unanswered: [(Ipv4Addr::UNSPECIFIED, Nanos(0)); UNANSWERED],
             unanswered_next: 0,
             id,
@@ -813,7 +823,18 @@ impl Worker {
                 // Its pod is not asked for here: the steering program is not on the
                 // port yet, so the answer would go to the kernel (and hold the next
                 // question back for a second). The first frame to it asks.
-                PortChange::Add { id, port, queues } => self.add_port(id, port, queues, req.socket),
+                PortChange::Add {
+                    id,
+                    port,
+                    queues,
+                    addrs,
+                } => {
+                    let done = self.add_port(id, port, queues, req.socket);
+                    if done.result.is_ok() {
+                        self.arp_hints.extend(addrs.into_iter().map(|a| (a, id)));
+                    }
+                    done
+                }
                 PortChange::Remove { id } => PortDone {
                     result: Ok(()),
                     socket: self.remove_port(id),
@@ -874,6 +895,7 @@ impl Worker {
         let slot = id.0 as usize;
         let egress = *self.egress.get(slot)?;
         self.egress[slot] = Egress::Gone;
+        self.arp_hints.retain(|_, p| *p != id);
         self.pipeline.set_port(id, None);
         let Egress::Own(i) = egress else {
             return None;
@@ -928,7 +950,14 @@ impl Worker {
             if self.arp.expect_reply(r.ip).is_err() {
                 continue;
             }
-            for (port, p) in self.pipeline.config().ports.iter() {
+            let ports = self.pipeline.config().ports.iter();
+            // A pod the node routes through a port it serves is asked for there.
+            let hint = match r.via {
+                Via::PodPorts => self.arp_hints.get(&r.ip).copied(),
+                Via::Uplink => None,
+            };
+            let hint = hint.filter(|&h| self.pipeline.config().ports.get(h).is_some());
+            for (port, p) in ports.filter(|(id, _)| hint.is_none_or(|h| h == *id)) {
                 let sender = match (r.via, p.role) {
                     (Via::PodPorts, PortRole::Pod) => self.cfg.gateway_ip,
                     (Via::Uplink, PortRole::Uplink) => snap.node.vtep_ip,
