@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod explain;
 pub mod flow;
 pub mod frame;
+pub mod held;
 pub mod icmp;
 pub mod inspect;
 pub mod lookahead;

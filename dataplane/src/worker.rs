@@ -25,6 +25,7 @@ use crate::arp;
 use crate::conntrack::Probe;
 use crate::flow::Nanos;
 use crate::frame::{Frame, HEADROOM};
+use crate::held::Held;
 use crate::inspect::{FlowQuery, ServiceCounter};
 use crate::lookahead::{Lookahead, FLOW_AHEAD, INDEX_AHEAD};
 use crate::neighbour::Neighbour;
@@ -38,30 +39,6 @@ use crate::xsk::port::{BindError, BindMode, SocketStats, XskPort};
 use crate::xsk::sleep::{Sleeper, Wake};
 use crate::xsk::steer::{SocketSlots, SteerError};
 use crate::xsk::umem::FramePool;
-
-/// Frames a worker holds while their next hop is resolved, in all and per address
-/// (the kernel's default holds about a hundred per neighbour), and for how long.
-const WAITING_MAX: usize = 256;
-const WAITING_PER_NEIGHBOUR: usize = 16;
-const WAIT_AT_MOST: Nanos = Nanos(1_000_000_000);
-/// How often an address frames wait for is asked for again.
-const ASK_AGAIN_EVERY: Nanos = crate::resolve::HOLD_DOWN;
-/// Addresses whose frames waited in vain: their next frames are dropped at once for
-/// this long, as the kernel fails a neighbour (traffic to a deleted pod's address
-/// would otherwise fill the waiting list and crowd out new pods').
-const UNANSWERED: usize = 16;
-const UNANSWERED_FOR: Nanos = Nanos(1_000_000_000);
-
-/// A frame held for its next hop's MAC ([`Verdict::Resolve`]).
-#[derive(Clone, Copy, Debug)]
-struct Waiting {
-    desc: FrameDesc,
-    ip: Ipv4Addr,
-    via: Via,
-    since: Nanos,
-    /// When its address was last asked for.
-    asked: Nanos,
-}
 
 /// How often a worker sweeps expired flows and publishes its counters.
 const CHORES_EVERY: Nanos = Nanos(10_000_000);
@@ -365,18 +342,11 @@ pub struct Worker {
     queue_full: u64,
     /// Frames for interfaces that went away.
     port_gone: u64,
-    /// Frames held for their next hop's MAC; held frames sent when it came, and
-    /// dropped when it did not (or when too many waited).
-    waiting: Vec<Waiting>,
-    waited: u64,
-    waited_tx: u64,
-    waited_drop: u64,
+    /// Frames held for their next hop's MAC.
+    held_frames: Held,
     /// Pods' addresses and the port the node routes them through (`--pod-routes`):
     /// ARP for them goes there, not out of every pod port.
     arp_hints: std::collections::HashMap<Ipv4Addr, PortId>,
-    /// Addresses that did not answer, and when (a ring).
-    unanswered: [(Ipv4Addr, Nanos); UNANSWERED],
-    unanswered_next: usize,
 }
 
 impl Worker {
@@ -429,13 +399,9 @@ impl Worker {
             handed_tx: 0,
             queue_full: 0,
             port_gone: 0,
-            waiting: Vec::with_capacity(WAITING_MAX),
-            waited: 0,
-            waited_tx: 0,
-            waited_drop: 0,
+            held_frames: Held::default(),
             arp_hints: std::collections::HashMap::new(),
-            unanswered: [(Ipv4Addr::UNSPECIFIED, Nanos(0)); UNANSWERED],
-            unanswered_next: 0,
+
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
@@ -532,8 +498,9 @@ impl Worker {
                 }
                 // A neighbour learned from this port (its ARP reply, its own
                 // frames): the frames held for it leave before later ones to it.
-                if !self.waiting.is_empty() && self.pipeline.learned() {
-                    self.release_waiting();
+                if !self.held_frames.is_empty() && self.pipeline.learned() {
+                    self.held_frames
+                        .release(&self.pipeline, &self.pool, &mut self.out);
                 }
             }
             // Frames other workers handed over: their flows are ours.
@@ -545,9 +512,10 @@ impl Worker {
                 self.handle(snap, now, &mut h.desc, h.ingress, false, None);
             }
             self.share_neighbours(now);
-            if !self.waiting.is_empty() {
-                self.release_waiting();
-                self.expire_waiting(now);
+            if !self.held_frames.is_empty() {
+                let h = &mut self.held_frames;
+                h.release(&self.pipeline, &self.pool, &mut self.out);
+                h.expire(&mut self.pipeline, now, &mut self.pool.free);
             }
             self.send_arp_requests(snap);
             // Frames other workers finished for ports they have no socket on; a batch
@@ -581,10 +549,7 @@ impl Worker {
             }
         }
         // Frames still held at stop are dropped, and counted so.
-        self.waited_drop += self.waiting.len() as u64;
-        self.pool
-            .free
-            .extend(self.waiting.drain(..).map(|w| w.desc));
+        self.held_frames.drop_all(&mut self.pool.free);
         self.publish(current.generation);
         Ok(self.drain())
     }
@@ -658,24 +623,9 @@ impl Worker {
                 self.nudge |= 1 << worker;
             }
             Verdict::Resolve { ip, via } => {
-                let room = self.waiting.len() < WAITING_MAX
-                    && !self.unanswered.iter().any(|&(a, at)| {
-                        a == ip && at.0 != 0 && now.0.saturating_sub(at.0) < UNANSWERED_FOR.0
-                    })
-                    && self.waiting.iter().filter(|w| w.ip == ip).count() < WAITING_PER_NEIGHBOUR;
-                if room {
-                    self.waited += 1;
-                    self.pool.commit(desc, start, flen);
-                    self.waiting.push(Waiting {
-                        desc: *desc,
-                        ip,
-                        via,
-                        since: now,
-                        asked: now,
-                    });
-                } else {
-                    self.waited_drop += 1;
-                    self.pool.free.push(*desc);
+                self.pool.commit(desc, start, flen);
+                if let Some(refused) = self.held_frames.hold(*desc, ip, via, now) {
+                    self.pool.free.push(refused);
                 }
             }
             // Nothing reaches kxdp that the kernel should have (the steering program
@@ -684,62 +634,6 @@ impl Worker {
                 self.pool.free.push(*desc)
             }
         }
-    }
-
-    /// Sends the held frames whose next hop is known now, in the order they came.
-    fn release_waiting(&mut self) {
-        let (pipeline, pool, out) = (&self.pipeline, &self.pool, &mut self.out);
-        let before = self.waiting.len();
-        self.waiting.retain_mut(|w| {
-            let Some((port, dst, src)) = pipeline.resolved(w.ip) else {
-                return true;
-            };
-            // SAFETY: a held frame is ours, in no ring; the view ends here.
-            let buf = unsafe { pool.buffer(&mut w.desc) };
-            buf[HEADROOM..HEADROOM + 6].copy_from_slice(&dst.0);
-            buf[HEADROOM + 6..HEADROOM + 12].copy_from_slice(&src.0);
-            out[port.0 as usize].push(w.desc);
-            false
-        });
-        self.waited_tx += (before - self.waiting.len()) as u64;
-    }
-
-    /// Asks again for the addresses frames still wait for, once per address every
-    /// [`ASK_AGAIN_EVERY`], and drops the frames that waited [`WAIT_AT_MOST`],
-    /// remembering their address as unanswered.
-    fn expire_waiting(&mut self, now: Nanos) {
-        for i in 0..self.waiting.len() {
-            let w = self.waiting[i];
-            if now.0.saturating_sub(w.asked.0) >= ASK_AGAIN_EVERY.0 {
-                self.pipeline.ask_again(w.ip, w.via, now);
-                for other in self.waiting.iter_mut().filter(|o| o.ip == w.ip) {
-                    other.asked = now;
-                }
-            }
-        }
-        let before = self.waiting.len();
-        let (free, unanswered, next) = (
-            &mut self.pool.free,
-            &mut self.unanswered,
-            &mut self.unanswered_next,
-        );
-        let stamp = Nanos(now.0.max(1));
-        self.waiting.retain(|w| {
-            let expired = now.0.saturating_sub(w.since.0) > WAIT_AT_MOST.0;
-            if expired {
-                free.push(w.desc);
-                // One entry an address (its frames expire over several loops).
-                match unanswered.iter_mut().find(|(a, _)| *a == w.ip) {
-                    Some(entry) => entry.1 = stamp,
-                    None => {
-                        unanswered[*next] = (w.ip, stamp);
-                        *next = (*next + 1) % UNANSWERED;
-                    }
-                }
-            }
-            !expired
-        });
-        self.waited_drop += (before - self.waiting.len()) as u64;
     }
 
     /// Tells the other workers what this one learned, and learns what they did.
@@ -986,9 +880,10 @@ impl Worker {
             s.counters.handed_tx = self.handed_tx;
             s.counters.drops[DropReason::WorkerQueueFull as usize] += self.queue_full;
             s.counters.drops[DropReason::PortGone as usize] += self.port_gone;
-            s.counters.tx += self.waited_tx;
-            s.counters.held_for_neighbour = self.waited;
-            s.counters.drops[DropReason::NeighbourUnknown as usize] += self.waited_drop;
+            let h = &self.held_frames;
+            s.counters.tx += h.sent;
+            s.counters.held_for_neighbour = h.held;
+            s.counters.drops[DropReason::NeighbourUnknown as usize] += h.dropped;
             s.flows = self.pipeline.flows().len() as u64;
             s.generation = generation;
             s.services.clear();
