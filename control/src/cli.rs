@@ -185,7 +185,8 @@ pub struct RunArgs {
     /// 1500 and a little more), 4096 up to 3776.
     #[arg(long, value_enum, default_value_t = FrameSizeArg::Half)]
     pub frame_size: FrameSizeArg,
-    /// The pods' default gateway (kxdp's ARP requests to pods come from it).
+    /// The pods' default gateway, an address of the host's (traffic to it is the
+    /// kernel's).
     #[arg(long, default_value = "169.254.1.1")]
     pub gateway_ip: std::net::Ipv4Addr,
     /// Where /proxyMode and /metrics (Prometheus text) are served.

@@ -265,6 +265,8 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         BindArg::Auto => BindMode::Auto,
     };
     let vtep: Ipv4Addr = snap.node.vtep_ip;
+    // kxdp's ARP requests to pods come from the node's pod-CIDR SNAT address.
+    let mut pod_arp_ip = snap.node.snat_ip;
     let vxlan_port = a.pipeline.vxlan_port;
     let mut steering = Steering::load(&slots)?;
     for (i, p) in ports.iter().enumerate() {
@@ -317,7 +319,6 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             ring_size: a.ring_size,
             bind,
             busy_poll: a.busy_poll,
-            gateway_ip: a.gateway_ip,
         };
         let status = Arc::new(Mutex::new(WorkerStatus::default()));
         statuses.push(status.clone());
@@ -345,7 +346,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
         )?;
         workers.push(w);
     }
-    steering.set_enabled(true, vtep, vxlan_port)?;
+    steering.set_enabled(true, vtep, vxlan_port, pod_arp_ip)?;
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -468,6 +469,11 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
             // refused like objects that do not load: the last good one keeps serving.
             let loaded = (source.load)(generation + 1).and_then(|snap| {
                 steering.sync(&snap, &[a.gateway_ip])?;
+                // The node's pod CIDR, hence kxdp's ARP address, may have changed.
+                if snap.node.snat_ip != pod_arp_ip {
+                    pod_arp_ip = snap.node.snat_ip;
+                    steering.set_enabled(true, vtep, vxlan_port, pod_arp_ip)?;
+                }
                 Ok(snap)
             });
             match loaded {
@@ -554,7 +560,7 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
     }
     tracing::info!("stopping");
     // Steering off first: from here on the kernel gets everything (fail open).
-    steering.set_enabled(false, vtep, vxlan_port)?;
+    steering.set_enabled(false, vtep, vxlan_port, pod_arp_ip)?;
     stop.store(true, Ordering::Relaxed);
     let mut accounted = 0;
     let mut failed = false;

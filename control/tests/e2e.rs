@@ -525,6 +525,32 @@ fn the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothin
 }
 
 #[test]
+fn the_kernels_own_arp_with_a_pod_is_answered_while_kxdp_asks_too() {
+    let name = "the_kernels_own_arp_with_a_pod_is_answered_while_kxdp_asks_too";
+    if !available(name) {
+        return;
+    }
+    let t = Topology::new(name, &[10, 11], &[]);
+    let (client, pod) = (t.pod(1, 10), t.pod(1, 11));
+    let _http = t.server(pod, "http", HTTP_SERVER, HTTP_PORT);
+    // The pod takes pings and answers none: it never asks for its gateway, so the
+    // node's kernel has not learned it when it asks itself (as the kubelet's probe).
+    let sysctl = ["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"];
+    assert!(t.exec(&pod.ns, &sysctl).status.success());
+    let _kxdp = t.start_kxdp(&t.write_objects(&[]));
+    // kxdp asks for the pod (the ping waits for it)...
+    let target = pod.ip.to_string();
+    let _ping = t.spawn(&client.ns, "ping", &["ping", "-c", "1", "-W", "1", &target]);
+    std::thread::sleep(Duration::from_millis(100));
+    // ...and the node's kernel a moment later: its answer must not go to kxdp.
+    let url = format!("http://{}:{HTTP_PORT}/", pod.ip);
+    let body = t
+        .curl(&t.node1, &["--max-time", "1", &url])
+        .unwrap_or_else(|e| panic!("the node's own connection to the pod: {}", e.message));
+    assert!(body.contains(&format!("backend={}", pod.ip)), "{body}");
+}
+
+#[test]
 fn pods_that_come_and_go_are_served_through_their_routes() {
     let name = "pods_that_come_and_go_are_served_through_their_routes";
     if !available(name) {

@@ -6,9 +6,12 @@
  * Owned on a pod port: IPv4 to a Service frontend, to any pod CIDR, or from a local
  * Service endpoint's port (replies of translated flows), and ICMP errors about them.
  * Owned on the uplink: VXLAN to this node's VTEP, IPv4 to a Service frontend (NodePort,
- * LoadBalancer, externalIPs) and ICMP errors about those. On both: ARP replies from
- * addresses kxdp asked for. The redirect falls back to XDP_PASS when no socket is
- * bound to the queue, so if kxdp dies traffic fails open to the kernel.
+ * LoadBalancer, externalIPs) and ICMP errors about those. ARP replies: on a pod port
+ * those to kxdp's own address (it asks pods from the node's pod-CIDR SNAT address,
+ * which nothing else uses, so the kernel's own ARP with a pod is never taken); on the
+ * uplink those from addresses kxdp asked for. The redirect falls back to XDP_PASS
+ * when no socket is bound to the queue, so if kxdp dies traffic fails open to the
+ * kernel.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -51,6 +54,7 @@ struct config {
 	__be32 vtep_ip;
 	__be16 vxlan_port;
 	__u16 pad;
+	__be32 pod_arp_ip; /* the sender of kxdp's ARP requests to pods */
 };
 
 struct {
@@ -104,7 +108,7 @@ struct {
 	__type(value, __u8);
 } host_addrs SEC(".maps");
 
-/* ARP replies from these senders are kxdp's (it asked) */
+/* ARP replies on the uplink from these senders are kxdp's (it asked) */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -184,6 +188,9 @@ int kxdp_steer(struct xdp_md *ctx)
 		struct arp_eth_ipv4 *arp = (void *)(eth + 1);
 		if ((void *)(arp + 1) > end || arp->op != bpf_htons(2))
 			return XDP_PASS;
+		if (ifc->role == ROLE_POD)
+			return arp->tpa == cfg->pod_arp_ip ? bpf_redirect_map(&xsks, key, XDP_PASS)
+							   : XDP_PASS;
 		if (bpf_map_lookup_elem(&arp_pending, &arp->spa))
 			return bpf_redirect_map(&xsks, key, XDP_PASS);
 		return XDP_PASS;

@@ -52,11 +52,10 @@ pub struct WorkerConfig {
     pub ring_size: u32,
     pub bind: BindMode,
     pub busy_poll: bool,
-    /// Source address of ARP requests on pod ports (the pods' gateway).
-    pub gateway_ip: Ipv4Addr,
 }
 
-/// How the worker tells the steering program which ARP replies to hand it.
+/// How the worker tells the steering program which ARP replies on the uplink to hand
+/// it (on pod ports it takes those to kxdp's own address, see `steer.bpf.c`).
 pub trait ArpSteer: Send {
     fn expect_reply(&mut self, ip: Ipv4Addr) -> Result<(), SteerError>;
     /// Stops taking replies asked for long enough ago (the kernel's ARP needs them).
@@ -841,7 +840,7 @@ impl Worker {
             *slot = Some(r);
         }
         for r in requests.into_iter().map_while(|r| r) {
-            if self.arp.expect_reply(r.ip).is_err() {
+            if r.via == Via::Uplink && self.arp.expect_reply(r.ip).is_err() {
                 continue;
             }
             let ports = self.pipeline.config().ports.iter();
@@ -853,7 +852,10 @@ impl Worker {
             let hint = hint.filter(|&h| self.pipeline.config().ports.get(h).is_some());
             for (port, p) in ports.filter(|(id, _)| hint.is_none_or(|h| h == *id)) {
                 let sender = match (r.via, p.role) {
-                    (Via::PodPorts, PortRole::Pod) => self.cfg.gateway_ip,
+                    // An address of kxdp's own (the node's pod-CIDR SNAT address):
+                    // the steering program takes the replies to it, and leaves the
+                    // kernel the replies to its own requests (from the gateway).
+                    (Via::PodPorts, PortRole::Pod) => snap.node.snat_ip,
                     (Via::Uplink, PortRole::Uplink) => snap.node.vtep_ip,
                     _ => continue,
                 };

@@ -312,17 +312,21 @@ impl Steering {
         self.update("xsks", &key.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
 
-    /// Turns steering on (after the sockets are registered) or off (before they close).
+    /// Turns steering on (after the sockets are registered) or off (before they
+    /// close). `pod_arp_ip` is the sender of kxdp's ARP requests to pods: replies
+    /// to it on pod ports are kxdp's, and every other ARP reply there the kernel's.
     pub fn set_enabled(
         &self,
         enabled: bool,
         vtep_ip: Ipv4Addr,
         vxlan_port: u16,
+        pod_arp_ip: Ipv4Addr,
     ) -> Result<(), SteerError> {
-        let mut v = [0u8; 12];
+        let mut v = [0u8; 16];
         v[0..4].copy_from_slice(&(enabled as u32).to_ne_bytes());
         v[4..8].copy_from_slice(&vtep_ip.octets());
         v[8..10].copy_from_slice(&vxlan_port.to_be_bytes());
+        v[12..16].copy_from_slice(&pod_arp_ip.octets());
         self.update("config", &0u32.to_ne_bytes(), &v)
     }
 
@@ -572,7 +576,7 @@ impl crate::worker::ArpSteer for ArpPending {
 
 impl Drop for Steering {
     fn drop(&mut self) {
-        let _ = self.set_enabled(false, Ipv4Addr::UNSPECIFIED, 0);
+        let _ = self.set_enabled(false, Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::UNSPECIFIED);
         for a in &self.attached {
             // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
             unsafe { libbpf_sys::bpf_xdp_detach(a.ifindex as i32, a.flags, std::ptr::null()) };
