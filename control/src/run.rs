@@ -471,8 +471,8 @@ pub fn run(a: RunArgs, source: &Source) -> Result<()> {
                 steering.sync(&snap, &[a.gateway_ip])?;
                 // The node's pod CIDR, hence kxdp's ARP address, may have changed.
                 if snap.node.snat_ip != pod_arp_ip {
+                    steering.set_enabled(true, vtep, vxlan_port, snap.node.snat_ip)?;
                     pod_arp_ip = snap.node.snat_ip;
-                    steering.set_enabled(true, vtep, vxlan_port, pod_arp_ip)?;
                 }
                 Ok(snap)
             });

@@ -400,7 +400,6 @@ impl Worker {
             port_gone: 0,
             held_frames: Held::default(),
             arp_hints: std::collections::HashMap::new(),
-
             id,
             pipeline: Pipeline::new(pipeline_cfg),
             cfg,
