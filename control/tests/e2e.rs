@@ -79,9 +79,7 @@ fn pod_to_cluster_ip_reaches_a_local_backend_and_replies_come_from_the_cluster_i
     // The metrics show the two new flows (workers publish every 10 ms).
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = t
-            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-            .unwrap_or_else(|e| panic!("{}", e.message));
+        metrics = node1_metrics(&t);
         if metrics.contains("kxdp_new_flows_total{worker=\"0\"} 2") {
             break;
         }
@@ -359,9 +357,7 @@ fn two_workers_serve_single_queue_pods_through_the_worker_that_has_their_queue()
         kxdp.log()
     );
     // Worker 1 did take connections, and sent their frames to the pod via worker 0.
-    let metrics = t
-        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-        .unwrap_or_else(|e| panic!("{}", e.message));
+    let metrics = node1_metrics(&t);
     let handed = sample(&metrics, "kxdp_tx_handed_total{worker=\"1\"}").unwrap_or(0.0);
     assert!(
         handed > 0.0,
@@ -474,9 +470,7 @@ fn the_first_connection_to_a_pod_that_never_spoke_waits_for_arp_and_loses_nothin
     // No Service names the server, so nothing asks for its MAC before the SYN.
     let kxdp = t.start_kxdp(&t.write_objects(&[]));
     let metric = |name: &str| {
-        let metrics = t
-            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-            .unwrap_or_else(|e| panic!("{}", e.message));
+        let metrics = node1_metrics(&t);
         (sample(&metrics, name).unwrap_or(-1.0), metrics)
     };
     let unknown = "kxdp_dropped_packets_total{worker=\"0\",reason=\"neighbour_unknown\"}";
@@ -601,9 +595,7 @@ fn a_pod_beyond_max_pods_is_reported_unserved() {
     let path = objects.to_str().expect("utf-8 path");
     let args = ["--objects", path, "--pod-routes", "--max-pods", "1"];
     let kxdp = t.start_kxdp_with(&args);
-    let metrics = t
-        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-        .unwrap_or_else(|e| panic!("{}", e.message));
+    let metrics = node1_metrics(&t);
     assert_eq!(
         sample(&metrics, "kxdp_pod_interfaces"),
         Some(1.0),
@@ -674,9 +666,7 @@ fn pods_come_and_go(t: &Topology, workers: u32, max_pods: &str) {
     for r in requests(t, &t.client, &node_port, 24, &kxdp) {
         assert_eq!(r.backend, late.ip, "{r:?}");
     }
-    let metrics = t
-        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-        .unwrap_or_else(|e| panic!("{}", e.message));
+    let metrics = node1_metrics(t);
     assert_eq!(
         sample(&metrics, "kxdp_pod_interfaces"),
         Some(3.0),
@@ -985,6 +975,12 @@ fn a_node_with_twenty_pods_is_served_on_every_interface() {
     }
 }
 
+/// kxdp's `/metrics` on node1.
+fn node1_metrics(t: &Topology) -> String {
+    t.curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
+        .unwrap_or_else(|e| panic!("{}", e.message))
+}
+
 /// The value of an unlabelled sample in Prometheus text, e.g. a histogram's `_count`.
 fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -1047,9 +1043,7 @@ fn kxdp_run_against_the_api_server_serves_a_cluster_ip_and_follows_a_watched_end
     // The change is in the latency histograms; health is current.
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = t
-            .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-            .unwrap_or_else(|e| panic!("{}", e.message));
+        metrics = node1_metrics(&t);
         if sample(&metrics, "kxdp_network_programming_duration_seconds_count")
             .is_some_and(|n| n >= 1.0)
         {
@@ -1250,9 +1244,7 @@ fn services_flows_and_explain_show_the_traffic_kxdp_forwarded() {
     assert_eq!(nothing["verdict"], "no_service", "{nothing}");
 
     // /metrics: the per-Service counters moved.
-    let metrics = t
-        .curl(&t.node1, &["http://127.0.0.1:10249/metrics"])
-        .unwrap_or_else(|e| panic!("{}", e.message));
+    let metrics = node1_metrics(&t);
     let label = "{service_port=\"default/web:p\"}";
     let new_flows = sample(&metrics, &format!("kxdp_service_new_flows_total{label}"));
     assert_eq!(new_flows, Some(12.0), "{metrics}");
