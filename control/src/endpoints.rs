@@ -198,33 +198,25 @@ impl Listener {
     /// Answers until `stop` is set.
     pub fn serve(self, stop: Arc<AtomicBool>, state: Arc<State>) -> Result<JoinHandle<()>> {
         let Listener { server, addr } = self;
-        serve(server, addr, stop, state)
+        Ok(std::thread::Builder::new()
+            .name(format!("http-{addr}"))
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
+                        continue;
+                    };
+                    let (code, body) = match req.url() {
+                        "/proxyMode" => (200, "kxdp".to_string()),
+                        "/metrics" => (200, metrics::render(&state.registry)),
+                        "/healthz" => health_response(&state, Probe::Healthz),
+                        "/livez" => health_response(&state, Probe::Livez),
+                        _ => (404, "404 page not found\n".to_string()),
+                    };
+                    let _ =
+                        req.respond(tiny_http::Response::from_string(body).with_status_code(code));
+                }
+            })?)
     }
-}
-
-fn serve(
-    server: tiny_http::Server,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    state: Arc<State>,
-) -> Result<JoinHandle<()>> {
-    Ok(std::thread::Builder::new()
-        .name(format!("http-{addr}"))
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let (code, body) = match req.url() {
-                    "/proxyMode" => (200, "kxdp".to_string()),
-                    "/metrics" => (200, metrics::render(&state.registry)),
-                    "/healthz" => health_response(&state, Probe::Healthz),
-                    "/livez" => health_response(&state, Probe::Livez),
-                    _ => (404, "404 page not found\n".to_string()),
-                };
-                let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
-            }
-        })?)
 }
 
 #[cfg(test)]

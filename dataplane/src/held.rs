@@ -135,7 +135,8 @@ impl Held {
         for i in 0..self.frames.len() {
             let w = self.frames[i];
             if now.0.saturating_sub(w.asked.0) >= ASK_AGAIN_EVERY.0 {
-                pipeline.ask_again(w.ip, w.via, now);
+                // Unless the pipeline's own hold-down says it was just asked.
+                pipeline.resolve_requests().want(w.ip, w.via, now);
                 for other in self.frames.iter_mut().filter(|o| o.ip == w.ip) {
                     other.asked = now;
                 }

@@ -1020,12 +1020,6 @@ impl Pipeline {
         Some((n.port, n.mac, port.mac))
     }
 
-    /// Asks for `ip` again (a held frame's first question may have gone unanswered),
-    /// unless it was asked for within the hold-down.
-    pub fn ask_again(&mut self, ip: Ipv4Addr, via: Via, now: Nanos) {
-        self.resolve.want(ip, via, now);
-    }
-
     /// Whether a neighbour was learned since the worker last shared the news.
     pub fn learned(&self) -> bool {
         self.news_len > 0

@@ -155,6 +155,13 @@ struct Attached {
     flags: u32,
 }
 
+impl Attached {
+    fn detach(&self) {
+        // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
+        unsafe { libbpf_sys::bpf_xdp_detach(self.ifindex as i32, self.flags, std::ptr::null()) };
+    }
+}
+
 /// The loaded program, the interfaces it is attached to, and its maps.
 pub struct Steering {
     obj: Object,
@@ -297,9 +304,7 @@ impl Steering {
     /// gone are expected and ignored.
     pub fn detach(&mut self, ifindex: u32, slots: &SocketSlots, i: u32) {
         if let Some(at) = self.attached.iter().position(|a| a.ifindex == ifindex) {
-            let a = self.attached.swap_remove(at);
-            // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
-            unsafe { libbpf_sys::bpf_xdp_detach(a.ifindex as i32, a.flags, std::ptr::null()) };
+            self.attached.swap_remove(at).detach();
         }
         let _ = self.delete("ifaces", &ifindex.to_ne_bytes());
         for q in 0..slots.queues(i) {
@@ -578,8 +583,7 @@ impl Drop for Steering {
     fn drop(&mut self) {
         let _ = self.set_enabled(false, Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::UNSPECIFIED);
         for a in &self.attached {
-            // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
-            unsafe { libbpf_sys::bpf_xdp_detach(a.ifindex as i32, a.flags, std::ptr::null()) };
+            a.detach();
         }
     }
 }
